@@ -1,0 +1,75 @@
+"""geoseg predict"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import bands_opt, batch_size_opt, blend_opt, overlap_opt, overwrite_opt, tile_size_opt
+from .progress import progress_bar
+
+
+@click.command(short_help="Segment rasters with a model bundle.")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@tile_size_opt
+@overlap_opt
+@batch_size_opt
+@blend_opt
+@bands_opt
+@click.option("--areas", is_flag=True, help="Also write OUTPUT_areas.csv: pixels, m², ha, km² and % per class.")
+@click.option("--confidence", is_flag=True, help="Also write OUTPUT_confidence.tif: winning probability in %.")
+@click.option("--preview", is_flag=True, help="Also write OUTPUT_preview.png: class colours over the image.")
+@click.option("--cog", is_flag=True, help="Write Cloud-Optimised GeoTIFFs.")
+@overwrite_opt
+@click.pass_context
+def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, bands, areas, confidence, preview,
+            cog, overwrite):
+    """Segment INPUT rasters with MODEL (a .geoseg bundle) into class GeoTIFFs.
+
+    The last argument is the OUTPUT: a .tif file for one input, or an existing
+    directory (each input written as NAME_classes.tif). Outputs are uint8, tiled,
+    compressed, nodata 255, with the input's CRS and transform, the model's class
+    colours and names (a .qml style and a raster attribute table).
+
+    \b
+    Examples:
+      geoseg predict water.geoseg S2_scene.tif water.tif --areas --preview
+      geoseg predict water.geoseg S2_scene.tif water.tif --blend cosine --overlap 64
+      geoseg predict water.geoseg stack.tif water.tif --bands 2,3,4,8,11,12
+      geoseg predict water.geoseg scenes/*.tif results/ --areas --cog
+    """
+    from geoseg.areas import format_table
+    from geoseg.io import parse_bands_option
+    from geoseg.model import load_model
+    from geoseg.predict import PredictOptions, predict_many, predict_raster, sidecar_paths
+
+    if len(inputs) < 2:
+        raise click.UsageError("give MODEL, at least one INPUT and an OUTPUT")
+    *srcs, out = inputs
+    quiet = ctx.obj["quiet"]
+    opts = PredictOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, blend=blend,
+                          bands=parse_bands_option(bands), confidence=confidence)
+    out_p = Path(out)
+    if len(srcs) > 1 and not out_p.is_dir():
+        raise click.ClickException(f"with several inputs the output must be an existing directory: {out}")
+    loaded = load_model(model)
+    with progress_bar("segmenting", quiet) as cb:
+        if out_p.is_dir():
+            results = predict_many(srcs, out_p, loaded, opts, areas=areas, confidence=confidence,
+                                   preview=preview, overwrite=overwrite, cog=cog,
+                                   progress_for=lambda p: cb)
+        else:
+            results = [predict_raster(srcs[0], out_p, loaded, opts, overwrite=overwrite, cog=cog, progress=cb,
+                                      **sidecar_paths(out_p, areas, confidence, preview))]
+    if not quiet:
+        for r in results:
+            mpx = r.width * r.height / 1e6
+            click.echo(f"{r.output}: {r.width} x {r.height} px, {r.n_windows_run}/{r.n_windows} windows run, "
+                       f"{r.seconds:.1f} s ({mpx / max(r.seconds, 1e-9):.2f} Mpx/s)", err=True)
+            for p in (r.areas_csv, r.confidence, r.preview):
+                if p:
+                    click.echo(f"  + {p}", err=True)
+            if areas:
+                click.echo(format_table(r.areas), err=True)

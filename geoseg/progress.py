@@ -1,0 +1,37 @@
+"""Progress reporting and cancellation, independent of any UI.
+
+The core calls ``progress(done, total)`` after each unit of work and
+``is_cancelled()`` before starting more. The CLI draws a click progress bar from the
+first; the QGIS plugin forwards both to ``QgsProcessingFeedback``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from .errors import Cancelled
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+__all__ = ["ProgressFn", "CancelFn", "Reporter"]
+
+
+class Reporter:
+    """Wraps the optional callbacks so the engine can call them unconditionally."""
+
+    def __init__(self, progress: Optional[ProgressFn] = None, is_cancelled: Optional[CancelFn] = None,
+                 total: int = 0) -> None:
+        self._progress = progress
+        self._is_cancelled = is_cancelled
+        self.total = total
+        self.done = 0
+
+    def check(self) -> None:
+        if self._is_cancelled is not None and self._is_cancelled():
+            raise Cancelled("cancelled")
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._progress is not None:
+            self._progress(self.done, self.total)

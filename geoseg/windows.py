@@ -1,0 +1,199 @@
+"""The window grid: pure functions over (width, height, tile, overlap, block).
+
+::
+
+    image  +--------------------------------------------+
+           | unit 0 (= output block) | unit 1           |    output blocks are the
+           |  +-----+-----+          |                  |    GeoTIFF's internal tiles;
+           |  |core |core |          |                  |    each is made by exactly
+           |  +-----+-----+          |                  |    one unit of work
+           |  |core |core |          |                  |
+           |  +-----+-----+          |                  |
+           +--------------------------------------------+
+
+    read window (tile x tile)   +-----------------+
+                                |  halo           |
+                                |   +---------+   |
+                                |   |  core   |   |   only the core is kept
+                                |   +---------+   |   (centre crop), or all of it
+                                |                 |   is blended with smooth weights
+                                +-----------------+
+
+* A unit of work is one output block. Its region is split into cores of at most
+  ``stride = tile - overlap`` pixels per axis (as equal as possible).
+* Each core sits in the middle of a ``tile x tile`` read window, which is shifted
+  inward at the image edges so it never leaves the image. Where the image itself is
+  smaller than the tile, the window starts at 0 and the reader pads (reflect).
+  Windows are never resized.
+* The cores of all units partition the image: every output pixel comes from exactly
+  one window of exactly one unit.
+
+``overlap`` is the number of pixels adjacent windows share (at least ``overlap / 2``
+pixels of context on each side of every core, where the image allows).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+from .errors import ConfigError
+
+__all__ = ["Rect", "TileWindow", "Unit", "Grid", "make_grid", "choose_block_size", "split_axis"]
+
+
+@dataclass(frozen=True)
+class Rect:
+    """A pixel rectangle: columns ``col .. col+width``, rows ``row .. row+height``."""
+
+    col: int
+    row: int
+    width: int
+    height: int
+
+    @property
+    def col_stop(self) -> int:
+        return self.col + self.width
+
+    @property
+    def row_stop(self) -> int:
+        return self.row + self.height
+
+    def slices(self, origin: "Rect | None" = None) -> tuple[slice, slice]:
+        """(row slice, column slice), relative to ``origin``'s corner if given."""
+        c0 = self.col - (origin.col if origin else 0)
+        r0 = self.row - (origin.row if origin else 0)
+        return slice(r0, r0 + self.height), slice(c0, c0 + self.width)
+
+    def union(self, other: "Rect") -> "Rect":
+        c0, r0 = min(self.col, other.col), min(self.row, other.row)
+        c1, r1 = max(self.col_stop, other.col_stop), max(self.row_stop, other.row_stop)
+        return Rect(c0, r0, c1 - c0, r1 - r0)
+
+    def intersection(self, other: "Rect") -> "Rect | None":
+        c0, r0 = max(self.col, other.col), max(self.row, other.row)
+        c1, r1 = min(self.col_stop, other.col_stop), min(self.row_stop, other.row_stop)
+        if c1 <= c0 or r1 <= r0:
+            return None
+        return Rect(c0, r0, c1 - c0, r1 - r0)
+
+
+@dataclass(frozen=True)
+class TileWindow:
+    """One model input: ``read`` (tile x tile, may overhang a too-small image) and ``core``."""
+
+    read: Rect
+    core: Rect
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: an output block and the windows that produce it."""
+
+    index: int
+    region: Rect
+    windows: tuple[TileWindow, ...]
+
+    @property
+    def read_rect(self) -> Rect:
+        """Union of the read windows (what the reader fetches in one go)."""
+        out = self.windows[0].read
+        for w in self.windows[1:]:
+            out = out.union(w.read)
+        return out
+
+
+@dataclass(frozen=True)
+class Grid:
+    width: int
+    height: int
+    tile: int
+    overlap: int
+    block: int
+    units: tuple[Unit, ...]
+
+    @property
+    def n_windows(self) -> int:
+        return sum(len(u.windows) for u in self.units)
+
+    def __iter__(self) -> Iterator[Unit]:
+        return iter(self.units)
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+
+def validate_tiling(tile: int, overlap: int, multiple: int = 1) -> None:
+    """Raise :class:`ConfigError` unless ``tile``/``overlap`` make a usable grid."""
+    if not isinstance(tile, int) or tile < 16:
+        raise ConfigError(f"tile size must be an integer >= 16 pixels, got {tile!r}")
+    if multiple > 1 and tile % multiple:
+        raise ConfigError(f"tile size must be a multiple of {multiple} for this model, got {tile}")
+    if not isinstance(overlap, int) or overlap < 0:
+        raise ConfigError(f"overlap must be a non-negative integer of pixels, got {overlap!r}")
+    if 2 * overlap >= tile:
+        raise ConfigError(f"overlap must be less than half the tile size ({tile} px), got {overlap}")
+
+
+def choose_block_size(tile: int, overlap: int, target: int = 512) -> int:
+    """Output block (internal tile) size: a multiple of 16 near ``target``.
+
+    When the stride is a multiple of 16 the block is a whole number of strides, so
+    blocks split into full cores and no window is wasted at block boundaries.
+    """
+    stride = tile - overlap
+    if stride % 16 == 0:
+        k = max(1, round(target / stride))
+        return stride * k
+    return max(16, (target // 16) * 16)
+
+
+def split_axis(start: int, length: int, max_size: int) -> list[tuple[int, int]]:
+    """Split ``[start, start+length)`` into ``ceil(length/max_size)`` near-equal parts."""
+    n = max(1, math.ceil(length / max_size))
+    base, extra = divmod(length, n)
+    parts, pos = [], start
+    for i in range(n):
+        size = base + (1 if i < extra else 0)
+        parts.append((pos, size))
+        pos += size
+    return parts
+
+
+def _window_start(core_start: int, core_size: int, tile: int, extent: int) -> int:
+    if extent <= tile:
+        return 0
+    start = core_start - (tile - core_size) // 2
+    return min(max(start, 0), extent - tile)
+
+
+def make_grid(width: int, height: int, tile: int, overlap: int, block: int | None = None) -> Grid:
+    """Build the window grid for a ``width x height`` image.
+
+    >>> g = make_grid(1000, 700, tile=256, overlap=32)
+    >>> g.block, len(g), all(w.read.width == 256 for u in g for w in u.windows)
+    (448, 6, True)
+    """
+    if width < 1 or height < 1:
+        raise ConfigError(f"raster has no pixels ({width} x {height})")
+    validate_tiling(tile, overlap)
+    block = block or choose_block_size(tile, overlap)
+    if block % 16:
+        raise ConfigError(f"output block size must be a multiple of 16, got {block}")
+    stride = tile - overlap
+    units = []
+    for brow in range(0, height, block):
+        bh = min(block, height - brow)
+        rows = split_axis(brow, bh, stride)
+        for bcol in range(0, width, block):
+            bw = min(block, width - bcol)
+            cols = split_axis(bcol, bw, stride)
+            wins = []
+            for r0, rh in rows:
+                wr = _window_start(r0, rh, tile, height)
+                for c0, cw in cols:
+                    wc = _window_start(c0, cw, tile, width)
+                    wins.append(TileWindow(Rect(wc, wr, tile, tile), Rect(c0, r0, cw, rh)))
+            units.append(Unit(len(units), Rect(bcol, brow, bw, bh), tuple(wins)))
+    return Grid(width, height, tile, overlap, block, tuple(units))

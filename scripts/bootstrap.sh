@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up geoseg on Debian 12 (run as root, or with sudo available): system packages,
+# a virtual environment in .venv made from Debian's Python (so that QGIS's Python
+# packages are visible to it) and geoseg installed into it in editable mode.
+#
+#   bash scripts/bootstrap.sh          # runtime only (predict, areas, info, demo)
+#   bash scripts/bootstrap.sh --test   # plus what the test suite needs
+#
+# Safe to run again: every step is skipped when it is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extra=""
+[ "${1:-}" = "--test" ] && extra="[test]"
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+need_apt=""
+/usr/bin/python3 -c "import venv, ensurepip" 2>/dev/null || need_apt="$need_apt python3-venv"
+/usr/bin/python3 -c "from osgeo import gdal" 2>/dev/null || need_apt="$need_apt python3-gdal"
+if [ -n "$need_apt" ]; then
+  echo "bootstrap: installing Debian packages:$need_apt" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # shellcheck disable=SC2086
+  $SUDO apt-get install -y -qq --no-install-recommends $need_apt >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv" >&2
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=".venv/.geoseg-installed$extra"
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  echo "bootstrap: installing geoseg$extra into .venv" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=23"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra"
+  touch "$stamp"
+fi

@@ -1,0 +1,96 @@
+import ctypes
+
+# TensorFlow exports sqlite3_* symbols with RTLD_GLOBAL; load the system library
+# first so a process that also starts QGIS does not crash (see stack.md).
+try:
+    ctypes.CDLL("libsqlite3.so.0", mode=ctypes.RTLD_GLOBAL)
+except OSError:
+    pass
+
+import os  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import rasterio  # noqa: E402
+from rasterio.transform import from_origin  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from geoseg.bundle import ClassInfo, InputSpec, ModelMeta  # noqa: E402
+from geoseg.model import LoadedModel  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def make_geotiff(tmp_path):
+    """Factory: write a GeoTIFF with 1 m UTM pixels (areas exact) and return its path."""
+    counter = {"n": 0}
+
+    def make(data, *, crs="EPSG:32633", transform=None, nodata=None, name=None, dtype=None, **extra):
+        data = np.asarray(data)
+        if data.ndim == 2:
+            data = data[None]
+        count, h, w = data.shape
+        counter["n"] += 1
+        path = tmp_path / (name or f"img{counter['n']}.tif")
+        prof = dict(driver="GTiff", width=w, height=h, count=count, dtype=dtype or data.dtype,
+                    crs=crs, transform=transform if transform is not None else from_origin(500000, 4000000, 1, 1),
+                    nodata=nodata)
+        prof.update(extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path, "w", **prof) as dst:
+                dst.write(data.astype(prof["dtype"]))
+        return path
+
+    return make
+
+
+def make_meta(n_bands=3, classes=((0, "background", "#000000"), (1, "bright", "#FF0000")), tile=32, overlap=8,
+              scale=1.0, multiple=1, **kw):
+    return ModelMeta(
+        name="test", classes=tuple(ClassInfo(*c) for c in classes),
+        input=InputSpec(tuple(f"b{i + 1}" for i in range(n_bands)), (0.0,) * n_bands, (scale,) * n_bands,
+                        (0.0,) * n_bands, (1.0,) * n_bands, None),
+        tile_size=tile, overlap=overlap, tile_multiple=multiple, **kw)
+
+
+def threshold_forward(threshold=0.5, k=2):
+    """Pointwise 'model': class 1 where band 1 > threshold (soft probabilities)."""
+    def fwd(x):
+        p = 1.0 / (1.0 + np.exp(-(x[..., 0] - threshold) * 8.0))
+        if k == 2:
+            return np.stack([1 - p, p], -1).astype(np.float32)
+        out = np.stack([np.abs(x[..., i % x.shape[-1]] - 0.3 * i) for i in range(k)], -1)
+        e = np.exp(-out)
+        return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+    return fwd
+
+
+@pytest.fixture
+def fake_model():
+    """A LoadedModel without Keras plus a pointwise forward function."""
+    meta = make_meta()
+    return LoadedModel(meta, None), threshold_forward()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A tiny real Keras UNet saved as a .geoseg bundle (3 bands, 2 classes, untrained
+    except for a bias that makes 'band 1 bright' class 1)."""
+    from geoseg.model import build_unet, save_model
+    model = build_unet(2, 3, base_filters=4, num_layers=2)
+    meta = make_meta(n_bands=3, tile=32, overlap=8, multiple=2, scale=1 / 255)
+    path = tmp_path_factory.mktemp("models") / "tiny.geoseg"
+    save_model(path, model, meta)
+    return path
+
+
+@pytest.fixture
+def rgb_byte():
+    return DATA / "RGB.byte.tif"

@@ -1,0 +1,114 @@
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import make_meta
+from geoseg.bundle import META_NAME, MODEL_NAME, format_metadata, read_metadata
+from geoseg.errors import ModelError
+from geoseg.model import build_unet, load_model, make_forward, save_model
+from geoseg.predict import PredictOptions, predict_raster
+
+
+@pytest.mark.parametrize("kw,out_ch", [({}, 3), ({"head": "softmax", "dropout_rate": 0.2, "dilation": 2,
+                                                 "base_kernels": 7, "batch_norm": False}, 3)])
+def test_build_unet_shapes(kw, out_ch):
+    m = build_unet(3, 5, base_filters=4, num_layers=3, **kw)
+    y = m(np.zeros((2, 32, 48, 5), np.float32))
+    assert tuple(y.shape) == (2, 32, 48, out_ch)
+    assert np.allclose(np.asarray(y).sum(-1), 1.0, atol=1e-5)
+    if kw.get("base_kernels") == 7:
+        assert m.get_layer("enc0_conv0").kernel_size == (7, 7)
+        assert m.get_layer("enc1_conv0").kernel_size == (5, 5)
+        assert m.get_layer("enc0_conv0").dilation_rate == (2, 2)
+
+
+def test_sigmoid_head_gives_two_channels():
+    m = build_unet(2, 3, base_filters=4, num_layers=2, head="sigmoid")
+    assert m.outputs[0].shape[-1] == 1
+    f = make_forward(m, 16, 3, "sigmoid")
+    p = f(np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32))
+    assert p.shape == (2, 16, 16, 2) and np.allclose(p.sum(-1), 1.0)
+
+
+def test_bundle_round_trip(tiny_bundle):
+    lm = load_model(tiny_bundle)
+    assert lm.meta == read_metadata(tiny_bundle)
+    x = np.random.default_rng(1).random((1, 32, 32, 3), dtype=np.float32)
+    f = make_forward(lm.keras_model, 32, 3)
+    assert np.allclose(f(x), np.asarray(lm.keras_model(x)), atol=1e-5)
+    text = format_metadata(lm.meta)
+    assert "background" in text and "tile size:    32" in text
+
+
+def _rewrite(src, dst, meta=None, drop=None, model_bytes=None):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            if name == drop:
+                continue
+            data = zin.read(name)
+            if name == META_NAME and meta is not None:
+                data = json.dumps(meta).encode()
+            if name == MODEL_NAME and model_bytes is not None:
+                data = model_bytes
+            zout.writestr(name, data)
+    return dst
+
+
+def test_bad_bundles(tiny_bundle, tmp_path):
+    corrupt = tmp_path / "corrupt.geoseg"
+    corrupt.write_bytes(tiny_bundle.read_bytes()[:5000])
+    with pytest.raises(ModelError, match="corrupt|not a geoseg"):
+        load_model(corrupt)
+    garbage = tmp_path / "garbage.geoseg"
+    garbage.write_bytes(b"hello world")
+    with pytest.raises(ModelError, match="not a geoseg model bundle"):
+        read_metadata(garbage)
+    with pytest.raises(ModelError, match="has no 'geoseg.json'"):
+        load_model(_rewrite(tiny_bundle, tmp_path / "nometa.geoseg", drop=META_NAME))
+    with pytest.raises(ModelError, match="has no 'model.keras'"):
+        load_model(_rewrite(tiny_bundle, tmp_path / "nomodel.geoseg", drop=MODEL_NAME))
+    with pytest.raises(ModelError, match="cannot load the Keras model"):
+        load_model(_rewrite(tiny_bundle, tmp_path / "badkeras.geoseg", model_bytes=b"PK\x03\x04junk"))
+    meta = json.loads(zipfile.ZipFile(tiny_bundle).read(META_NAME))
+    bad = dict(meta, classes=[{"id": 0, "name": "a", "color": "red"}])
+    with pytest.raises(ModelError, match="color"):
+        read_metadata(_rewrite(tiny_bundle, tmp_path / "b1.geoseg", meta=bad))
+    bad = dict(meta, classes=meta["classes"] + [{"id": 7, "name": "x", "color": "#000000"}])
+    with pytest.raises(ModelError, match="outputs 2 channels but the metadata has 3 classes"):
+        load_model(_rewrite(tiny_bundle, tmp_path / "b2.geoseg", meta=bad))
+    bad = dict(meta, input=dict(meta["input"], bands=["x"], offset=[0], scale=[1], mean=[0], std=[1]))
+    with pytest.raises(ModelError, match="takes 3 bands"):
+        load_model(_rewrite(tiny_bundle, tmp_path / "b3.geoseg", meta=bad))
+    bad = dict(meta, format_version=99)
+    with pytest.raises(ModelError, match="version"):
+        read_metadata(_rewrite(tiny_bundle, tmp_path / "b4.geoseg", meta=bad))
+    # a plain Keras file is not a bundle
+    plain = tmp_path / "plain.keras"
+    build_unet(2, 3, base_filters=4, num_layers=2).save(plain)
+    with pytest.raises(ModelError, match="plain Keras file"):
+        read_metadata(plain)
+
+
+def test_unsafe_lambda_layer_refused(tmp_path):
+    import keras
+    inp = keras.Input((None, None, 3))
+    out = keras.layers.Lambda(lambda t: t[..., :2] * 0 + 0.5)(inp)
+    m = keras.Model(inp, out)
+    p = tmp_path / "lambda.geoseg"
+    save_model(p, m, make_meta())
+    with pytest.raises(ModelError, match="cannot load"):
+        load_model(p)
+
+
+def test_real_model_end_to_end(tiny_bundle, rgb_byte, tmp_path):
+    r = predict_raster(rgb_byte, tmp_path / "o.tif", tiny_bundle, PredictOptions(batch_size=4),
+                       areas_path=tmp_path / "a.csv")
+    with rasterio.open(rgb_byte) as s, rasterio.open(r.output) as o:
+        assert o.crs == s.crs and o.transform == s.transform
+        out = o.read(1)
+        nod = s.dataset_mask() == 0
+    assert (out[nod] == 255).all() and (out[~nod] != 255).all()
+    assert sum(r.counts.values()) == int((~nod).sum())

@@ -1,0 +1,252 @@
+import hashlib
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from conftest import make_meta, threshold_forward
+from geoseg.errors import Cancelled, ConfigError, OutputExistsError, RasterError
+from geoseg.model import LoadedModel
+from geoseg.predict import PredictOptions, blend_weights, predict_raster
+
+
+def run(src, dst, model, fwd, **kw):
+    opts = kw.pop("options", PredictOptions())
+    return predict_raster(src, dst, model, opts, forward=fwd, **kw)
+
+
+def smooth_image(h, w, bands=3, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.random((bands, h // 8 + 2, w // 8 + 2))
+    img = np.kron(base, np.ones((8, 8)))[:, :h, :w]
+    return img.astype(np.float32)
+
+
+@pytest.mark.parametrize("blend", ["crop", "cosine"])
+@pytest.mark.parametrize("shape", [(70, 45), (100, 133), (17, 200)])
+def test_pointwise_model_tiled_equals_single_window(make_geotiff, tmp_path, blend, shape):
+    """A model that looks at each pixel alone must give the same classes however it is tiled."""
+    img = smooth_image(*shape)
+    src = make_geotiff(img)
+    meta = make_meta(tile=32, overlap=8)
+    fwd = threshold_forward()
+    tiled = run(src, tmp_path / f"t_{blend}.tif", LoadedModel(meta, None), fwd,
+                options=PredictOptions(blend=blend, block_size=16 * 3))
+    expected = np.argmax(fwd(np.moveaxis(img, 0, -1)[None])[0], -1)
+    with rasterio.open(tiled.output) as ds:
+        out = ds.read(1)
+    assert (out == expected).all()
+    assert tiled.counts == {k: int(v) for k, v in zip(*np.unique(expected, return_counts=True))}
+
+
+def test_georeferencing_and_profile_preserved(make_geotiff, tmp_path, fake_model):
+    model, fwd = fake_model
+    t = from_origin(358920.0, 3460330.0, 10.0, 10.0)
+    src = make_geotiff(smooth_image(70, 45), crs="EPSG:32651", transform=t)
+    r = run(src, tmp_path / "o.tif", model, fwd)
+    with rasterio.open(r.output) as ds:
+        assert ds.crs.to_epsg() == 32651 and ds.transform == t
+        assert (ds.width, ds.height, ds.count, ds.dtypes[0]) == (45, 70, 1, "uint8")
+        assert ds.nodata == 255 and ds.profile["tiled"] and ds.compression.name.lower() == "deflate"
+        assert ds.colormap(1)[1] == (255, 0, 0, 255)
+        assert "GEOSEG_CLASSES" in ds.tags()
+    assert (tmp_path / "o.qml").exists()
+    qml = (tmp_path / "o.qml").read_text()
+    assert 'label="bright"' in qml and 'type="paletted"' in qml
+
+
+def test_rat_written_by_gdal(make_geotiff, tmp_path, fake_model):
+    gdal = pytest.importorskip("osgeo.gdal")
+    model, fwd = fake_model
+    r = run(make_geotiff(smooth_image(40, 40)), tmp_path / "o.tif", model, fwd)
+    ds = gdal.Open(str(r.output))
+    rat = ds.GetRasterBand(1).GetDefaultRAT()
+    assert rat is not None and rat.GetRowCount() == 2
+    assert [rat.GetValueAsString(i, 1) for i in range(2)] == ["background", "bright"]
+
+
+def test_nodata_nan_and_masks(make_geotiff, tmp_path, fake_model):
+    model, fwd = fake_model
+    img = smooth_image(64, 64)
+    img[:, 10:20, 10:20] = -9999          # nodata value
+    src = make_geotiff(img, nodata=-9999)
+    r = run(src, tmp_path / "a.tif", model, fwd)
+    with rasterio.open(r.output) as ds:
+        out = ds.read(1)
+    assert (out[10:20, 10:20] == 255).all() and (out[:10] != 255).all()
+    assert sum(r.counts.values()) == 64 * 64 - 100
+
+    img2 = smooth_image(64, 64)
+    img2[1, 30:40, :] = np.nan             # NaN in one band only: pixel invalid
+    r2 = run(make_geotiff(img2), tmp_path / "b.tif", model, fwd)
+    with rasterio.open(r2.output) as ds:
+        out = ds.read(1)
+    assert (out[30:40] == 255).all() and (out[:30] != 255).all()
+
+    # alpha band / internal mask
+    img3 = (smooth_image(64, 64) * 200).astype(np.uint8)
+    p = tmp_path / "masked.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(0, 64, 1, 1)) as ds:
+        ds.write(img3)
+        m = np.full((64, 64), 255, np.uint8)
+        m[:, :16] = 0
+        ds.write_mask(m)
+    meta = make_meta(scale=1 / 200)
+    r3 = run(p, tmp_path / "c.tif", LoadedModel(meta, None), fwd)
+    with rasterio.open(r3.output) as ds:
+        out = ds.read(1)
+    assert (out[:, :16] == 255).all() and (out[:, 16:] != 255).all()
+
+
+def test_all_nodata_raster_runs_no_model(make_geotiff, tmp_path, fake_model):
+    model, _ = fake_model
+    calls = []
+
+    def fwd(x):
+        calls.append(len(x))
+        return threshold_forward()(x)
+
+    src = make_geotiff(np.full((3, 50, 70), -1, np.float32), nodata=-1)
+    r = run(src, tmp_path / "o.tif", model, fwd, areas_path=tmp_path / "a.csv")
+    assert calls == [] and r.n_windows_run == 0 and r.counts == {}
+    with rasterio.open(r.output) as ds:
+        assert (ds.read(1) == 255).all()
+    lines = (tmp_path / "a.csv").read_text().splitlines()
+    assert lines[1].startswith("0,background,0,0.000") and lines[2].startswith("1,bright,0,0.000")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 300), (300, 1), (5, 7), (31, 33)])
+def test_tiny_and_thin_rasters(make_geotiff, tmp_path, fake_model, shape):
+    model, fwd = fake_model
+    img = smooth_image(*shape)
+    r = run(make_geotiff(img), tmp_path / "o.tif", model, fwd)
+    expected = np.argmax(fwd(np.moveaxis(img, 0, -1)[None])[0], -1)
+    with rasterio.open(r.output) as ds:
+        assert ds.shape == shape
+        assert (ds.read(1) == expected).all()
+
+
+@pytest.mark.parametrize("dtype,scale", [("uint8", 1 / 255), ("uint16", 1e-4), ("int16", 1e-4), ("float32", 1.0)])
+def test_input_dtypes(make_geotiff, tmp_path, dtype, scale):
+    img = smooth_image(40, 50)
+    data = (img / scale).astype(dtype)
+    meta = make_meta(scale=scale)
+    fwd = threshold_forward()
+    r = run(make_geotiff(data), tmp_path / "o.tif", LoadedModel(meta, None), fwd)
+    x = np.moveaxis(data.astype(np.float32) * np.float32(scale), 0, -1)[None]
+    with rasterio.open(r.output) as ds:
+        assert (ds.read(1) == np.argmax(fwd(x)[0], -1)).all()
+
+
+def test_no_crs_gives_output_without_crs_and_pixel_areas(make_geotiff, tmp_path, fake_model):
+    model, fwd = fake_model
+    src = make_geotiff(smooth_image(30, 40), crs=None, transform=rasterio.Affine.identity())
+    with pytest.warns(UserWarning, match="no CRS"):
+        r = run(src, tmp_path / "o.tif", model, fwd, areas_path=tmp_path / "a.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(r.output) as ds:
+            assert ds.crs is None
+    rows = (tmp_path / "a.csv").read_text().splitlines()
+    assert rows[0].startswith("class_id") and ",," in rows[1]  # no m² without a CRS
+    assert sum(int(l.split(",")[2]) for l in rows[1:]) == 1200
+
+
+def test_same_input_gives_byte_identical_output(make_geotiff, tmp_path, fake_model):
+    model, fwd = fake_model
+    src = make_geotiff(smooth_image(300, 200))
+    digests = []
+    for i in range(2):
+        r = run(src, tmp_path / f"o{i}.tif", model, fwd, options=PredictOptions(blend="cosine", batch_size=3))
+        digests.append(hashlib.sha256(r.output.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+def test_cancel_and_errors_leave_nothing(make_geotiff, tmp_path, fake_model):
+    model, fwd = fake_model
+    src = make_geotiff(smooth_image(300, 300))
+    dst = tmp_path / "o.tif"
+    n = {"calls": 0}
+    with pytest.raises(Cancelled):
+        predict_raster(src, dst, model, PredictOptions(block_size=64), forward=fwd, areas_path=tmp_path / "a.csv",
+                       progress=lambda d, t: n.__setitem__("calls", d), is_cancelled=lambda: n["calls"] >= 3)
+
+    def broken(x):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError):
+        predict_raster(src, dst, model, PredictOptions(), forward=broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_existing_output_and_same_as_input(make_geotiff, tmp_path, fake_model):
+    model, fwd = fake_model
+    src = make_geotiff(smooth_image(20, 20))
+    dst = tmp_path / "o.tif"
+    dst.write_bytes(b"old")
+    with pytest.raises(OutputExistsError):
+        run(src, dst, model, fwd)
+    assert dst.read_bytes() == b"old"
+    run(src, dst, model, fwd, overwrite=True)
+    assert dst.read_bytes() != b"old"
+    with pytest.raises(RasterError, match="same file as the input"):
+        run(src, src, model, fwd, overwrite=True)
+
+
+def test_band_selection(make_geotiff, tmp_path):
+    img = smooth_image(20, 20, bands=5)
+    src = make_geotiff(img)
+    fwd = threshold_forward()
+    meta = make_meta(n_bands=3)
+    with pytest.raises(RasterError, match="5 bands but the model expects 3"):
+        run(src, tmp_path / "o.tif", LoadedModel(meta, None), fwd)
+    r = run(src, tmp_path / "o.tif", LoadedModel(meta, None), fwd, options=PredictOptions(bands=(5, 1, 2)))
+    with rasterio.open(r.output) as ds:
+        assert (ds.read(1) == (img[4] > 0.5)).all()
+    with pytest.raises(RasterError, match="unknown band name"):
+        run(src, tmp_path / "o2.tif", LoadedModel(meta, None), fwd, options=PredictOptions(bands=("B4", "B3", "B2")))
+    # by band description
+    with rasterio.open(src, "r+") as ds:
+        for i, d in enumerate(["x", "b3", "b1", "y", "b2"]):
+            ds.set_band_description(i + 1, d)
+    r = run(src, tmp_path / "o3.tif", LoadedModel(meta, None), fwd)
+    with rasterio.open(r.output) as ds:
+        assert (ds.read(1) == (img[2] > 0.5)).all()
+
+
+def test_invalid_options(make_geotiff, tmp_path, fake_model):
+    model, fwd = fake_model
+    src = make_geotiff(smooth_image(20, 20))
+    with pytest.raises(ConfigError, match="less than half"):
+        run(src, tmp_path / "o.tif", model, fwd, options=PredictOptions(tile_size=32, overlap=16))
+    with pytest.raises(ConfigError):
+        PredictOptions(batch_size=0)
+    meta = make_meta(multiple=8)
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        run(src, tmp_path / "o.tif", LoadedModel(meta, None), fwd, options=PredictOptions(tile_size=36, overlap=4))
+
+
+def test_confidence_cog_preview(make_geotiff, tmp_path, fake_model):
+    model, fwd = fake_model
+    src = make_geotiff(smooth_image(100, 90))
+    r = run(src, tmp_path / "o.tif", model, fwd, confidence_path=tmp_path / "c.tif", cog=True,
+            preview_path=tmp_path / "p.png")
+    with rasterio.open(r.output) as ds:
+        assert ds.colormap(1)[1] == (255, 0, 0, 255)
+        assert "LAYOUT" in ds.tags(ns="IMAGE_STRUCTURE") and ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        c = ds.read(1)
+        assert c.min() >= 50 and c.max() <= 100
+    with rasterio.open(tmp_path / "p.png") as ds:
+        assert ds.count == 3 and ds.width == 90
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [src.name, "o.tif", "o.qml", "o.tif.aux.xml", "c.tif", "p.png"])
+
+
+def test_blend_weights_partition_of_unity():
+    w = blend_weights(64, 16)[0] / blend_weights(64, 16)[0].max()
+    # two windows overlapping by 16 px: weights sum to 1 across the overlap
+    s = w[48:] + w[:16]
+    assert np.allclose(s, 1.0, atol=1e-3)

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geoseg.errors import ConfigError
+from geoseg.windows import choose_block_size, make_grid, split_axis
+
+
+@settings(max_examples=300, deadline=None)
+@given(width=st.integers(1, 700), height=st.integers(1, 700),
+       tile=st.sampled_from([16, 32, 48, 64, 100, 128, 256]), overlap_frac=st.floats(0, 0.49),
+       block=st.sampled_from([None, 16, 64, 96, 512]))
+def test_grid_covers_every_pixel_exactly_once(width, height, tile, overlap_frac, block):
+    overlap = min(int(tile * overlap_frac), (tile - 1) // 2)
+    g = make_grid(width, height, tile, overlap, block)
+    hits = np.zeros((height, width), np.int32)
+    regions = np.zeros((height, width), np.int32)
+    for u in g:
+        regions[u.region.slices()] += 1
+        # output blocks are aligned with the internal tiling of the output file
+        assert u.region.col % g.block == 0 and u.region.row % g.block == 0
+        assert u.region.width == min(g.block, width - u.region.col)
+        for w in u.windows:
+            assert w.read.width == tile and w.read.height == tile  # never resized
+            assert w.core.intersection(u.region) == w.core        # core inside its unit
+            assert w.read.intersection(w.core) == w.core          # core inside its window
+            assert w.core.width <= tile - overlap and w.core.height <= tile - overlap
+            # a window leaves the image only where the image is smaller than a tile
+            assert w.read.col >= 0 and w.read.row >= 0
+            if width >= tile:
+                assert w.read.col_stop <= width
+            else:
+                assert w.read.col == 0
+            if height >= tile:
+                assert w.read.row_stop <= height
+            else:
+                assert w.read.row == 0
+            hits[w.core.slices()] += 1
+    assert (hits == 1).all()
+    assert (regions == 1).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(width=st.integers(300, 2000), tile=st.sampled_from([64, 128, 256]), overlap=st.integers(0, 31))
+def test_cores_keep_half_overlap_of_context(width, tile, overlap):
+    """Where the image allows, every core has >= overlap/2 pixels of context each side."""
+    g = make_grid(width, 40, tile, overlap)
+    for u in g:
+        for w in u.windows:
+            left = w.core.col - w.read.col
+            right = w.read.col_stop - w.core.col_stop
+            if w.core.col >= overlap // 2:
+                assert left >= overlap // 2
+            if width - w.core.col_stop >= overlap // 2:
+                assert right >= overlap // 2
+
+
+def test_block_size_follows_stride():
+    assert choose_block_size(256, 32) == 448
+    assert choose_block_size(256, 64) == 576
+    assert choose_block_size(256, 50) == 512   # stride 206 is not a multiple of 16
+    assert choose_block_size(512, 0) == 512
+
+
+def test_split_axis():
+    assert split_axis(0, 10, 4) == [(0, 4), (4, 3), (7, 3)]
+    assert split_axis(5, 3, 10) == [(5, 3)]
+
+
+@pytest.mark.parametrize("tile,overlap", [(8, 0), (64, 32), (64, 40), (64, -1), (0, 0)])
+def test_invalid_tiling(tile, overlap):
+    with pytest.raises(ConfigError):
+        make_grid(100, 100, tile, overlap)
+
+
+def test_invalid_block():
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        make_grid(100, 100, 64, 8, block=100)
