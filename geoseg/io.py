@@ -49,13 +49,19 @@ def open_raster(path: str | os.PathLike, mode: str = "r") -> Iterator[rasterio.i
         raise RasterError(f"input is a directory, not a raster: {p}")
     if p.stat().st_size == 0:
         raise RasterError(f"input is an empty (0-byte) file: {p}")
+    # An Env for the dataset's whole life routes GDAL's messages to logging (a bare
+    # read outside one prints raw "Warning 1: ..." lines on stderr).
+    env = rasterio.Env()
+    env.__enter__()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", _RioNotGeoref)
         try:
             src = rasterio.open(p, mode)
         except RasterioIOError as e:
+            env.__exit__(None, None, None)
             raise RasterError(f"cannot open {p} as a raster: {_one_line(e)}") from None
         except RasterioError as e:
+            env.__exit__(None, None, None)
             raise RasterError(f"cannot open {p}: {_one_line(e)}") from None
     try:
         if src.count < 1 or src.width < 1 or src.height < 1:
@@ -63,6 +69,7 @@ def open_raster(path: str | os.PathLike, mode: str = "r") -> Iterator[rasterio.i
         yield src
     finally:
         src.close()
+        env.__exit__(None, None, None)
 
 
 def _one_line(e: BaseException) -> str:

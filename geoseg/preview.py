@@ -31,7 +31,7 @@ def write_preview(src_path: str | os.PathLike, class_path: str | os.PathLike, ou
     import rasterio  # noqa: PLC0415
     from rasterio.enums import Resampling  # noqa: PLC0415
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), rasterio.Env():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(src_path) as src, rasterio.open(class_path) as cls:
             scale = min(1.0, max_size / max(src.width, src.height))

@@ -151,3 +151,28 @@ def test_pixel_areas_geodesic_rows_shape():
     assert np.all(np.diff(px.rows) > 0)  # towards the equator pixels grow
     assert math.isclose(px.rows[-1], abs(pyproj.Geod(ellps="WGS84").polygon_area_perimeter(
         [0, 0.1, 0.1, 0], [0.1, 0.1, 0, 0])[0]), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("lat_top,res", [(50.0, 1e-4), (-10.0, 0.005), (84.0, 0.001)])
+def test_vectorised_rows_match_pyproj_polygons(lat_top, res):
+    t = from_origin(10.0, lat_top, res, res)
+    px = pixel_areas(rasterio.crs.CRS.from_epsg(4326), t, 10, 1000)
+    geod = pyproj.Geod(ellps="WGS84")
+    for r in (0, 1, 500, 999):
+        y0, y1 = lat_top - r * res, lat_top - (r + 1) * res
+        ref = abs(geod.polygon_area_perimeter([10, 10 + res, 10 + res, 10], [y0, y0, y1, y1])[0])
+        assert px.rows[r] == pytest.approx(ref, rel=1e-7)
+
+
+def test_wide_geographic_rows_counted_per_row(make_geotiff):
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 4, (70, 1100)).astype(np.uint8)
+    data[5, :7] = 255
+    t = from_origin(20.0, 60.0, 0.001, 0.001)
+    p = make_geotiff(data, crs="EPSG:4326", transform=t, nodata=255)
+    tab = class_areas(p).by_class()
+    rows = pixel_areas(rasterio.crs.CRS.from_epsg(4326), t, 1100, 70).rows
+    for c in range(4):
+        per_row = (data == c).sum(axis=1)
+        assert tab[c].pixels == per_row.sum()
+        assert tab[c].area_m2 == pytest.approx(float(rows @ per_row), rel=1e-12)

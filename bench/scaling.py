@@ -1,0 +1,65 @@
+"""Peak memory and time per megapixel of ``predict`` as the scene grows.
+
+    .venv/bin/python bench/scaling.py [--sizes 1024,2048,4096,10980] [--base-filters 8]
+
+Each size runs in a fresh subprocess (so peak RSS is that run's own) on a synthetic
+6-band uint16 scene; 10980 x 10980 is one Sentinel-2 tile. Goals: peak RSS <= 1.2 GB
+with the 10980^2 run within 1.1x of the 2048^2 run; seconds per megapixel flat within
+10 % from 1k^2 to 10k^2.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common import bench_model, synthetic_s2
+
+CHILD = r"""
+import json, sys, time, resource
+sys.path.insert(0, {root!r})
+from geoseg.model import load_model
+from geoseg.predict import PredictOptions, predict_raster
+lm = load_model({model!r})
+t0 = time.perf_counter()
+r = predict_raster({src!r}, {dst!r}, lm, PredictOptions(batch_size={batch}), overwrite=True, areas_path={csv!r})
+dt = time.perf_counter() - t0
+print(json.dumps({{"seconds": dt, "model_seconds": r.model_seconds, "windows": r.n_windows,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1024,2048,4096,10980")
+    ap.add_argument("--base-filters", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workdir", default="bench/out")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    root = str(Path(__file__).resolve().parents[1])
+    model = str(bench_model(work / f"unet{args.base_filters}.geoseg", args.base_filters))
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        src = synthetic_s2(work / f"s2_{size}.tif", size)
+        code = CHILD.format(root=root, model=model, src=str(src), dst=str(work / f"pred_{size}.tif"),
+                            csv=str(work / f"pred_{size}.csv"), batch=args.batch_size)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        mpx = size * size / 1e6
+        res.update(size=size, mpx=mpx, s_per_mpx=res["seconds"] / mpx)
+        rows.append(res)
+        print(f"{size:>6}^2  {mpx:8.1f} Mpx  {res['seconds']:8.1f} s  {res['s_per_mpx']:.3f} s/Mpx  "
+              f"peak RSS {res['rss_mb']:7.0f} MB  ({res['windows']} windows)", flush=True)
+    spm = [r["s_per_mpx"] for r in rows]
+    print(f"s/Mpx spread: max/min = {max(spm) / min(spm):.3f}  (goal <= 1.10)")
+    by = {r["size"]: r for r in rows}
+    if 2048 in by and 10980 in by:
+        print(f"peak RSS 10980^2 / 2048^2 = {by[10980]['rss_mb'] / by[2048]['rss_mb']:.3f}  (goal <= 1.10); "
+              f"max {max(r['rss_mb'] for r in rows):.0f} MB (goal <= 1200)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""End-to-end predict throughput vs the bare model forward pass on the same windows.
+
+    .venv/bin/python bench/throughput.py [--size 4096] [--base-filters 16] [--batch-size 8]
+
+Both are measured in this one process, side by side: first the compiled forward
+function alone over as many (random) windows as the grid has, then
+``predict_raster`` on a synthetic 6-band uint16 scene, which reads, normalises,
+batches, runs the same forward function, merges, writes and counts. The ratio is
+(windows / predict time) / (windows / forward time). Goal >= 0.9.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import bench_model, synthetic_s2
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--base-filters", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--blend", default="crop")
+    ap.add_argument("--workdir", default="bench/out")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    src = synthetic_s2(work / f"s2_{args.size}.tif", args.size)
+    mpath = bench_model(work / f"unet{args.base_filters}.geoseg", args.base_filters)
+
+    from geoseg.model import load_model, make_forward
+    from geoseg.predict import PredictOptions, make_plan, predict_raster
+    from geoseg.io import open_raster
+
+    lm = load_model(mpath)
+    opts = PredictOptions(batch_size=args.batch_size, blend=args.blend)
+    with open_raster(src) as s:
+        plan = make_plan(s, lm.meta, opts)
+    n_win = plan.grid.n_windows
+    tile = plan.grid.tile
+    fwd = make_forward(lm.keras_model, tile, 6)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch_size, tile, tile, 6)).astype(np.float32)
+    fwd(x)  # compile
+    n_batches = -(-n_win // args.batch_size)
+    results = []
+    for rep in range(2):
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            fwd(x)
+        t_fwd = time.perf_counter() - t0
+        out = work / "pred.tif"
+        t0 = time.perf_counter()
+        r = predict_raster(src, out, lm, opts, overwrite=True, forward=fwd)
+        t_e2e = time.perf_counter() - t0
+        results.append((t_fwd, t_e2e, r.model_seconds))
+        print(f"rep {rep}: forward only {t_fwd:.2f} s for {n_batches} batches ({n_win} windows); "
+              f"predict {t_e2e:.2f} s (model busy {r.model_seconds:.2f} s); ratio {t_fwd / t_e2e:.3f}")
+    t_fwd, t_e2e, _ = min(results, key=lambda t: t[1])
+    mpx = args.size ** 2 / 1e6
+    print(f"size {args.size}^2, tile {tile}, overlap {plan.grid.overlap}, {n_win} windows, batch {args.batch_size}")
+    print(f"forward throughput  {n_win / t_fwd:.2f} windows/s")
+    print(f"predict throughput  {n_win / t_e2e:.2f} windows/s  ({mpx / t_e2e:.2f} Mpx/s)")
+    print(f"RATIO predict/forward = {t_fwd / t_e2e:.3f}   (goal >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
