@@ -194,12 +194,12 @@ class AtomicOutput:
 
 
 def _reflect_pad(a: np.ndarray, pad_r: int, pad_c: int) -> np.ndarray:
+    """Mirror the image into the overhang (numpy repeats the reflection for pads
+    longer than the axis, and repeats the edge of a 1-pixel axis)."""
     if pad_r == 0 and pad_c == 0:
         return a
     widths = [(0, 0)] * (a.ndim - 2) + [(0, pad_r), (0, pad_c)]
-    if a.shape[-2] > 1 and a.shape[-1] > 1 and pad_r < a.shape[-2] and pad_c < a.shape[-1]:
-        return np.pad(a, widths, mode="reflect")
-    return np.pad(a, widths, mode="symmetric")
+    return np.pad(a, widths, mode="reflect")
 
 
 def has_masks(src, bands: Sequence[int]) -> bool:
@@ -227,8 +227,8 @@ def valid_mask(src, bands: Sequence[int], window: Window, data: np.ndarray | Non
 
 def read_rect(src, bands: Sequence[int], rect: Rect, masked: bool, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Read ``rect`` (which may overhang the image when the image is smaller than a
-    window): returns ``(data (bands, h, w), valid (h, w))``; the overhang is reflect-
-    padded and marked invalid."""
+    window): returns ``(data (bands, h, w), valid (h, w))``; the overhang (never part
+    of an output region) is a reflection of the image, validity mask included."""
     inside = rect.intersection(Rect(0, 0, src.width, src.height))
     if inside is None:
         raise RasterError("window outside the raster")
@@ -242,7 +242,7 @@ def read_rect(src, bands: Sequence[int], rect: Rect, masked: bool, dtype=np.floa
         assert inside.col == rect.col and inside.row == rect.row  # only ever overhangs right/bottom
         pr, pc = rect.height - inside.height, rect.width - inside.width
         data = _reflect_pad(data, pr, pc)
-        valid = np.pad(valid, ((0, pr), (0, pc)), constant_values=False)
+        valid = _reflect_pad(valid, pr, pc)  # the overhang mirrors the image, mask included
     return data, valid
 
 
@@ -260,7 +260,8 @@ def class_profile(src, block: int, *, crs=None, transform=None, compress: str = 
 
 
 def colormap(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int]]:
-    cmap = {i: (0, 0, 0, 0) for i in range(256)}
+    """Colour table 0..max class id (ids without a class are transparent)."""
+    cmap = {i: (0, 0, 0, 0) for i in range(max(c.id for c in classes) + 1)}
     for c in classes:
         cmap[c.id] = (*c.rgb, 255)
     return cmap

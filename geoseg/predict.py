@@ -42,6 +42,18 @@ __all__ = ["PredictOptions", "Plan", "make_plan", "read_unit", "merge_unit", "pr
 
 Forward = Callable[[np.ndarray], np.ndarray]
 
+#: GDAL block cache during a run (MB), unless GDAL_CACHEMAX is set in the environment.
+#: GDAL's default (5 % of RAM) would let the cache, and so memory, grow with the scene.
+GDAL_CACHE_MB = 96
+
+
+def _gdal_env(**extra):
+    import rasterio  # noqa: PLC0415
+    opts = dict(extra)
+    if "GDAL_CACHEMAX" not in os.environ:
+        opts["GDAL_CACHEMAX"] = GDAL_CACHE_MB
+    return rasterio.Env(**opts)
+
 
 @dataclass(frozen=True)
 class PredictOptions:
@@ -212,18 +224,7 @@ def merge_unit(uin: UnitInput, probs: np.ndarray | None, plan: Plan) -> UnitResu
 
 
 def _forward_batched(forward: Forward, batch: np.ndarray, batch_size: int) -> np.ndarray:
-    outs = [forward(_pad_batch(batch[i:i + batch_size], batch_size)) [: len(batch[i:i + batch_size])]
-            for i in range(0, len(batch), batch_size)]
-    return np.concatenate(outs)
-
-
-def _pad_batch(b: np.ndarray, size: int) -> np.ndarray:
-    """Pad a short batch to ``size`` so the compiled function sees one shape only."""
-    if len(b) == size:
-        return b
-    out = np.zeros((size,) + b.shape[1:], b.dtype)
-    out[:len(b)] = b
-    return out
+    return np.concatenate([forward(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)])
 
 
 def process_unit(plan: Plan, unit: Unit, forward: Forward, batch_size: int = 8, src=None) -> UnitResult:
@@ -289,7 +290,7 @@ def _run_pipeline(plan: Plan, forward: Forward, batch_size: int, prefetch: int,
             import rasterio  # noqa: PLC0415
             # GDAL error handlers are per thread: an Env routes this thread's GDAL
             # warnings to logging instead of raw stderr.
-            with rasterio.Env(), open_raster(plan.src_path) as src:
+            with _gdal_env(), open_raster(plan.src_path) as src:
                 for u in units:
                     if stop.is_set():
                         return
@@ -329,7 +330,7 @@ def _run_pipeline(plan: Plan, forward: Forward, batch_size: int, prefetch: int,
             items = [pending.popleft() for _ in range(n)]
             x = np.stack([u.batch[j] for u, j in items]) if n > 1 else items[0][0].batch[items[0][1]][None]
             t0 = time.perf_counter()
-            y = forward(_pad_batch(x, batch_size))
+            y = forward(x)  # a short last batch is not padded: the batch axis is dynamic
             stats["model_seconds"] += time.perf_counter() - t0
             stats["windows_run"] += n
             for (u, j), p in zip(items, y[:n]):
@@ -373,6 +374,8 @@ def _run_pipeline(plan: Plan, forward: Forward, batch_size: int, prefetch: int,
             while wt.is_alive() and not errors:
                 wt.join(0.1)
                 reporter.check()
+    except _Stop:
+        pass  # the writer or reader failed: its error is raised below
     except BaseException:
         stop.set()
         raise
@@ -448,7 +451,7 @@ def predict_raster(src_path: str | os.PathLike, dst_path: str | os.PathLike, mod
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             write_prof = dict(prof)
-            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), \
+            with _gdal_env(GDAL_NUM_THREADS="ALL_CPUS"), \
                     rasterio.open(main_out.tmp, "w", **write_prof) as dst:
                 cdst = None
                 if conf_out is not None:

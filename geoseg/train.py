@@ -68,11 +68,11 @@ def train_on_raster(image_path: str | os.PathLike, label_path: str | os.PathLike
         y = lab.read(1, window=win)
         pixel_size = abs(src.transform.a) if src.crs is not None else None
     n = len(bands)
-    off = np.broadcast_to(np.asarray(offset, np.float32), (n,))
-    sc = np.broadcast_to(np.asarray(scale, np.float32), (n,))
-    x = (x + off[:, None, None]) * sc[:, None, None]
-    mean = x.reshape(n, -1).mean(axis=1)
-    std = x.reshape(n, -1).std(axis=1) + 1e-6
+    off = np.broadcast_to(np.asarray(offset, np.float64), (n,))
+    sc = np.broadcast_to(np.asarray(scale, np.float64), (n,))
+    x = ((x + off[:, None, None]) * sc[:, None, None]).astype(np.float32)
+    mean = x.reshape(n, -1).mean(axis=1, dtype=np.float64)
+    std = x.reshape(n, -1).std(axis=1, dtype=np.float64) + 1e-6
     x = np.moveaxis((x - mean[:, None, None]) / std[:, None, None], 0, -1).astype(np.float32)
     ids = [c.id for c in classes]
     lut = np.full(256, 255, np.uint8)

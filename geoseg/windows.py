@@ -20,7 +20,8 @@
                                 +-----------------+
 
 * A unit of work is one output block. Its region is split into cores of at most
-  ``stride = tile - overlap`` pixels per axis (as equal as possible).
+  ``stride = tile - overlap`` pixels per axis (as equal as possible); a core on the
+  image border may be ``ceil(overlap / 2)`` longer, as it needs no context beyond it.
 * Each core sits in the middle of a ``tile x tile`` read window, which is shifted
   inward at the image edges so it never leaves the image. Where the image itself is
   smaller than the tile, the window starts at 0 and the reader pads (reflect).
@@ -161,6 +162,26 @@ def split_axis(start: int, length: int, max_size: int) -> list[tuple[int, int]]:
     return parts
 
 
+def split_cores(start: int, length: int, stride: int, extent: int, edge_bonus: int,
+                tile: int) -> list[tuple[int, int]]:
+    """Cores of one axis of a unit region. A core touching the image border needs no
+    context beyond it, so it may be ``edge_bonus`` px longer than the stride there
+    (never longer than the tile)."""
+    b0 = edge_bonus if start == 0 else 0
+    b1 = edge_bonus if start + length == extent else 0
+    inner = length - b0 - b1
+    n = max(1, math.ceil(inner / stride)) if inner > 0 else 1
+    if n == 1 and length > tile:
+        # one core spanning both borders would not fit in a window: two border cores
+        return split_axis(start, length, stride + edge_bonus)
+    if n == 1:
+        return [(start, length)]
+    parts = split_axis(start + b0, inner, stride)
+    parts[0] = (start, parts[0][1] + b0)
+    parts[-1] = (parts[-1][0], parts[-1][1] + b1)
+    return parts
+
+
 def _window_start(core_start: int, core_size: int, tile: int, extent: int) -> int:
     if extent <= tile:
         return 0
@@ -182,13 +203,14 @@ def make_grid(width: int, height: int, tile: int, overlap: int, block: int | Non
     if block % 16:
         raise ConfigError(f"output block size must be a multiple of 16, got {block}")
     stride = tile - overlap
+    bonus = overlap - overlap // 2   # a border core keeps >= overlap // 2 px of inner context
     units = []
     for brow in range(0, height, block):
         bh = min(block, height - brow)
-        rows = split_axis(brow, bh, stride)
+        rows = split_cores(brow, bh, stride, height, bonus, tile)
         for bcol in range(0, width, block):
             bw = min(block, width - bcol)
-            cols = split_axis(bcol, bw, stride)
+            cols = split_cores(bcol, bw, stride, width, bonus, tile)
             wins = []
             for r0, rh in rows:
                 wr = _window_start(r0, rh, tile, height)

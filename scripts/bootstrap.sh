@@ -18,6 +18,10 @@ SUDO=""
 need_apt=""
 /usr/bin/python3 -c "import venv, ensurepip" 2>/dev/null || need_apt="$need_apt python3-venv"
 /usr/bin/python3 -c "from osgeo import gdal" 2>/dev/null || need_apt="$need_apt python3-gdal"
+# The tests also open geoseg's outputs in QGIS (headless) to check what a QGIS user sees.
+if [ -n "$extra" ]; then
+  /usr/bin/python3 -c "import qgis.core" 2>/dev/null || need_apt="$need_apt python3-qgis qgis-providers"
+fi
 if [ -n "$need_apt" ]; then
   echo "bootstrap: installing Debian packages:$need_apt" >&2
   export DEBIAN_FRONTEND=noninteractive

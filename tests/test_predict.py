@@ -250,3 +250,32 @@ def test_blend_weights_partition_of_unity():
     # two windows overlapping by 16 px: weights sum to 1 across the overlap
     s = w[48:] + w[:16]
     assert np.allclose(s, 1.0, atol=1e-3)
+
+
+def test_writer_failure_is_raised_and_leaves_nothing(make_geotiff, tmp_path, fake_model, monkeypatch):
+    model, fwd = fake_model
+    src = make_geotiff(smooth_image(300, 300))
+    from geoseg import areas
+
+    def boom(self, *a, **k):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(areas.AreaAccumulator, "add", boom)
+    with pytest.raises(OSError, match="No space left"):
+        run(src, tmp_path / "o.tif", model, fwd, options=PredictOptions(block_size=32, prefetch=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_small_raster_padding_reflects_the_image(make_geotiff, tmp_path):
+    """Where a window overhangs a small image, the model sees a mirror image, not zeros."""
+    seen = []
+
+    def fwd(x):
+        seen.append(x.copy())
+        return threshold_forward()(x)
+    img = smooth_image(20, 10) + 1.0
+    meta = make_meta(tile=32, overlap=8)
+    run(make_geotiff(img), tmp_path / "o.tif", LoadedModel(meta, None), fwd)
+    x = seen[0][0]
+    assert x.shape == (32, 32, 3)
+    assert np.allclose(x[20:, :10], x[18:6:-1, :10][: 12])  # rows 20.. mirror rows 18, 17, ...
+    assert (x != 0).all()

@@ -25,7 +25,9 @@ def test_grid_covers_every_pixel_exactly_once(width, height, tile, overlap_frac,
             assert w.read.width == tile and w.read.height == tile  # never resized
             assert w.core.intersection(u.region) == w.core        # core inside its unit
             assert w.read.intersection(w.core) == w.core          # core inside its window
-            assert w.core.width <= tile - overlap and w.core.height <= tile - overlap
+            bonus = overlap - overlap // 2
+            assert w.core.width <= min(tile, tile - overlap + bonus * ((w.core.col == 0) + (w.core.col_stop == width)))
+            assert w.core.height <= min(tile, tile - overlap + bonus * ((w.core.row == 0) + (w.core.row_stop == height)))
             # a window leaves the image only where the image is smaller than a tile
             assert w.read.col >= 0 and w.read.row >= 0
             if width >= tile:
@@ -46,6 +48,7 @@ def test_grid_covers_every_pixel_exactly_once(width, height, tile, overlap_frac,
 def test_cores_keep_half_overlap_of_context(width, tile, overlap):
     """Where the image allows, every core has >= overlap/2 pixels of context each side."""
     g = make_grid(width, 40, tile, overlap)
+    assert all(w.read.width == tile for u in g for w in u.windows)
     for u in g:
         for w in u.windows:
             left = w.core.col - w.read.col
@@ -63,6 +66,12 @@ def test_block_size_follows_stride():
     assert choose_block_size(512, 0) == 512
 
 
+def test_border_cores_save_windows():
+    # 10980 = 24 blocks of 448 + 228: the last 228 px fit one border core of <= 240
+    g = make_grid(10980, 300, 256, 32)
+    assert len({w.core.col for u in g for w in u.windows}) == 49
+
+
 def test_split_axis():
     assert split_axis(0, 10, 4) == [(0, 4), (4, 3), (7, 3)]
     assert split_axis(5, 3, 10) == [(5, 3)]
@@ -77,3 +86,12 @@ def test_invalid_tiling(tile, overlap):
 def test_invalid_block():
     with pytest.raises(ConfigError, match="multiple of 16"):
         make_grid(100, 100, 64, 8, block=100)
+
+
+@pytest.mark.parametrize("n,tile,overlap", [(49, 48, 13), (48, 48, 12), (257, 256, 31), (1, 256, 32)])
+def test_core_never_exceeds_tile(n, tile, overlap):
+    g = make_grid(n, n, tile, overlap)
+    for u in g:
+        for w in u.windows:
+            assert w.core.width <= tile and w.core.height <= tile
+            assert w.read.intersection(w.core) == w.core

@@ -1,0 +1,42 @@
+"""What a QGIS user sees when opening geoseg's outputs (headless QGIS)."""
+
+import os
+
+import numpy as np
+import pytest
+
+qgis_core = pytest.importorskip("qgis.core")
+
+from conftest import make_meta, threshold_forward  # noqa: E402
+from geoseg.model import LoadedModel  # noqa: E402
+from geoseg.predict import PredictOptions, predict_raster  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def qgis_app():
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    app = qgis_core.QgsApplication([], False)
+    app.initQgis()
+    yield app
+    # exitQgis() is left to process exit: it can crash after TensorFlow was loaded
+
+
+def test_class_raster_opens_with_names_colours_and_place(qgis_app, make_geotiff, tmp_path):
+    from rasterio.transform import from_origin
+    rng = np.random.default_rng(0)
+    img = rng.random((3, 60, 80)).astype(np.float32)
+    src = make_geotiff(img, crs="EPSG:32651", transform=from_origin(358920, 3460330, 10, 10))
+    meta = make_meta(classes=((0, "non-water", "#000000"), (1, "water", "#00FFFF")))
+    r = predict_raster(src, tmp_path / "water.tif", LoadedModel(meta, None), PredictOptions(),
+                       forward=threshold_forward())
+    layer = qgis_core.QgsRasterLayer(str(r.output), "water")
+    assert layer.isValid()
+    assert layer.crs().authid() == "EPSG:32651"
+    ext = layer.extent()
+    assert (ext.xMinimum(), ext.yMaximum(), ext.xMaximum(), ext.yMinimum()) == (358920, 3460330, 359720, 3459730)
+    renderer = layer.renderer()
+    assert renderer.type() == "paletted"
+    classes = [(int(c.value), c.label, c.color.name()) for c in renderer.classes()]
+    assert classes == [(0, "non-water", "#000000"), (1, "water", "#00ffff")]
+    dp = layer.dataProvider()
+    assert dp.sourceHasNoDataValue(1) and dp.sourceNoDataValue(1) == 255
