@@ -287,7 +287,6 @@ def _run_pipeline(plan: Plan, forward: Forward, batch_size: int, prefetch: int,
 
     def reader() -> None:
         try:
-            import rasterio  # noqa: PLC0415
             # GDAL error handlers are per thread: an Env routes this thread's GDAL
             # warnings to logging instead of raw stderr.
             with _gdal_env(), open_raster(plan.src_path) as src:
@@ -350,6 +349,7 @@ def _run_pipeline(plan: Plan, forward: Forward, batch_size: int, prefetch: int,
         finished = False
         while not finished:
             reporter.check()
+            reporter.report()
             if errors:
                 break
             try:
@@ -374,19 +374,20 @@ def _run_pipeline(plan: Plan, forward: Forward, batch_size: int, prefetch: int,
             while wt.is_alive() and not errors:
                 wt.join(0.1)
                 reporter.check()
+                reporter.report()
     except _Stop:
         pass  # the writer or reader failed: its error is raised below
     except BaseException:
         stop.set()
         raise
     finally:
-        stop.set() if errors else None
-        rt.join(5)
         if errors or wt.is_alive():
             stop.set()
+        rt.join(30)
         wt.join(30)
     if errors:
         raise errors[0]
+    reporter.report()
     return stats
 
 
@@ -423,6 +424,10 @@ def predict_raster(src_path: str | os.PathLike, dst_path: str | os.PathLike, mod
     meta: ModelMeta = model.meta
     if confidence_path is not None and not options.confidence:
         options = replace(options, confidence=True)
+    if Path(dst_path).suffix.lower() not in (".tif", ".tiff"):
+        raise ConfigError(f"the class raster is a GeoTIFF: give the output a .tif name, not {Path(dst_path).name}")
+    if confidence_path is not None and Path(confidence_path).suffix.lower() not in (".tif", ".tiff"):
+        raise ConfigError("the confidence output is a GeoTIFF: give it a .tif name")
     inputs = [src_path]
     outs = {"output": dst_path, "areas CSV": areas_path, "confidence output": confidence_path,
             "preview": preview_path}

@@ -1,7 +1,7 @@
 """Progress reporting and cancellation, independent of any UI.
 
-The core calls ``progress(done, total)`` after each unit of work and
-``is_cancelled()`` before starting more. The CLI draws a click progress bar from the
+The core calls ``progress(done, total)`` as units of work finish and
+``is_cancelled()`` before starting more, both from the thread that called it. The CLI draws a click progress bar from the
 first; the QGIS plugin forwards both to ``QgsProcessingFeedback``.
 """
 
@@ -26,12 +26,20 @@ class Reporter:
         self._is_cancelled = is_cancelled
         self.total = total
         self.done = 0
+        self._reported = -1
 
     def check(self) -> None:
         if self._is_cancelled is not None and self._is_cancelled():
             raise Cancelled("cancelled")
 
     def advance(self, n: int = 1) -> None:
+        """Count finished units (any thread); :meth:`report` tells the callback."""
         self.done += n
-        if self._progress is not None:
-            self._progress(self.done, self.total)
+
+    def report(self) -> None:
+        """Call the progress callback if there is news (from the calling thread only,
+        so a UI callback never runs on a worker thread)."""
+        done = self.done
+        if self._progress is not None and done != self._reported:
+            self._reported = done
+            self._progress(done, self.total)

@@ -193,6 +193,8 @@ def test_existing_output_and_same_as_input(make_geotiff, tmp_path, fake_model):
     assert dst.read_bytes() != b"old"
     with pytest.raises(RasterError, match="same file as the input"):
         run(src, src, model, fwd, overwrite=True)
+    with pytest.raises(ConfigError, match="give the output a .tif name"):
+        run(src, tmp_path / "o.png", model, fwd)
 
 
 def test_band_selection(make_geotiff, tmp_path):
@@ -279,3 +281,15 @@ def test_small_raster_padding_reflects_the_image(make_geotiff, tmp_path):
     assert x.shape == (32, 32, 3)
     assert np.allclose(x[20:, :10], x[18:6:-1, :10][: 12])  # rows 20.. mirror rows 18, 17, ...
     assert (x != 0).all()
+
+
+def test_progress_reported_from_calling_thread(make_geotiff, tmp_path, fake_model):
+    import threading
+    model, fwd = fake_model
+    calls = []
+    run(make_geotiff(smooth_image(200, 150)), tmp_path / "o.tif", model, fwd,
+        options=PredictOptions(block_size=48),
+        progress=lambda d, t: calls.append((d, t, threading.current_thread() is threading.main_thread())))
+    assert calls and all(c[2] for c in calls)
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+    assert calls[-1][:2] == (20, 20)  # 5 x 4 blocks of 48 px
