@@ -116,6 +116,7 @@ def _parallel_area_integral(phi: np.ndarray, a: float, flattening: float) -> np.
     return 0.5 * b2 * (s / (1 - e2 * s * s) + np.arctanh(e * s) / e)
 
 
+MAX_CLASSES = 1024   # more distinct values than this: not a class raster
 _CHUNK_PX = 1 << 17  # pixels per counting chunk: the intp copy stays in cache
 
 
@@ -401,10 +402,13 @@ def class_areas(path: str | os.PathLike, *, nodata: float | None | Literal["auto
         step = max(bh, (8 * 1024 * 1024 // max(src.width, 1)) // bh * bh)
         starts = list(range(0, src.height, step))
 
+        import rasterio  # noqa: PLC0415
+
         def read(r0: int):
             win = Window(0, r0, src.width, min(step, src.height - r0))
             try:
-                return win, src.read(band, window=win)
+                with rasterio.Env():  # GDAL's error handler is per thread
+                    return win, src.read(band, window=win)
             except Exception as e:  # noqa: BLE001
                 raise RasterError(f"cannot read {Path(path).name} (truncated or corrupt?): "
                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -429,6 +433,9 @@ def class_areas(path: str | os.PathLike, *, nodata: float | None | Literal["auto
                         inside = geometry_mask([z.geometry], out_shape=block.shape,
                                                transform=wtransform(win, src.transform), invert=True)
                         acc.add(block, r0, zone=z.key, mask=inside)
+                if len(set().union(*acc.counts.values())) > MAX_CLASSES:
+                    raise RasterError(f"{Path(path).name} band {band} holds more than {MAX_CLASSES} distinct "
+                                      "values: is it a class raster?")
                 if progress:
                     progress(i + 1, len(starts))
         table = make_table(acc, names, [z.key for z in zones] if zones else None, zone_field if aoi else None)

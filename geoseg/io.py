@@ -25,7 +25,7 @@ from .errors import ConfigError, OutputExistsError, RasterError
 from .windows import Rect
 
 __all__ = ["open_raster", "resolve_bands", "check_output_path", "AtomicOutput", "read_rect",
-           "valid_mask", "class_profile", "style_class_raster", "write_qml", "read_class_names",
+           "valid_mask", "class_profile", "style_class_raster", "tag_class_dataset", "write_qml", "read_class_names",
            "CLASS_NODATA", "CLASSES_TAG", "is_georeferenced"]
 
 CLASS_NODATA = 255
@@ -267,19 +267,25 @@ def colormap(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int
     return cmap
 
 
-def style_class_raster(path: str | os.PathLike, classes: Sequence[ClassInfo], extra_tags: dict | None = None,
-                       qml_path: str | os.PathLike | None = None) -> None:
-    """Colour table, class-name tags, a GDAL raster attribute table (``.aux.xml``,
-    written by GDAL itself when its Python bindings are available) and a QGIS ``.qml``
-    style with class names and colours."""
+def tag_class_dataset(dst, classes: Sequence[ClassInfo], extra_tags: dict | None = None) -> None:
+    """Colour table, class-name tag and band description on an open dataset."""
     tags = {CLASSES_TAG: json.dumps([{"id": c.id, "name": c.name, "color": c.color} for c in classes])}
     tags.update(extra_tags or {})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", _RioNotGeoref)
-        with rasterio.open(path, "r+") as dst:
-            dst.write_colormap(1, colormap(classes))
-            dst.update_tags(**tags)
-            dst.set_band_description(1, "class")
+    dst.write_colormap(1, colormap(classes))
+    dst.update_tags(**tags)
+    dst.set_band_description(1, "class")
+
+
+def style_class_raster(path: str | os.PathLike, classes: Sequence[ClassInfo], extra_tags: dict | None = None,
+                       qml_path: str | os.PathLike | None = None, tag: bool = True) -> None:
+    """Colour table and class-name tags (unless ``tag=False``: already done while
+    writing), a GDAL raster attribute table (``.aux.xml``, written by GDAL itself when
+    its Python bindings are available) and a QGIS ``.qml`` style."""
+    if tag:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", _RioNotGeoref)
+            with rasterio.open(path, "r+") as dst:
+                tag_class_dataset(dst, classes, extra_tags)
     write_rat(path, classes)
     write_qml(qml_path or Path(path).with_suffix(".qml"), classes)
 
@@ -291,6 +297,7 @@ def write_rat(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> bool:
     except ImportError:
         return False
     gdal.UseExceptions()
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
     ds = gdal.Open(str(path), gdal.GA_Update)
     try:
         band = ds.GetRasterBand(1)
@@ -308,6 +315,7 @@ def write_rat(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> bool:
         band.FlushCache()
     finally:
         ds = None  # noqa: F841  (closing writes the .aux.xml)
+        gdal.PopErrorHandler()
     return True
 
 
@@ -355,11 +363,18 @@ def _rat_names(path: str) -> dict[int, str]:
     except ImportError:
         return {}
     gdal.UseExceptions()
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
     try:
-        ds = gdal.Open(str(path))
-        rat = ds.GetRasterBand(1).GetDefaultRAT()
+        return _rat_names_gdal(gdal, path)
     except RuntimeError:
         return {}
+    finally:
+        gdal.PopErrorHandler()
+
+
+def _rat_names_gdal(gdal, path: str) -> dict[int, str]:
+    ds = gdal.Open(str(path))
+    rat = ds.GetRasterBand(1).GetDefaultRAT()
     if rat is None:
         cats = ds.GetRasterBand(1).GetCategoryNames() or []
         return {i: n for i, n in enumerate(cats) if n}

@@ -33,7 +33,7 @@ from .areas import AreaAccumulator, AreaTable, make_table, pixel_areas, write_ar
 from .bundle import ModelMeta
 from .errors import ConfigError, GeosegError, PixelSizeWarning, RasterError
 from .io import (CLASS_NODATA, AtomicOutput, check_output_path, class_profile, has_masks, open_raster,
-                 read_rect, resolve_bands, style_class_raster)
+                 read_rect, resolve_bands, style_class_raster, tag_class_dataset)
 from .progress import CancelFn, ProgressFn, Reporter
 from .windows import Grid, Rect, Unit, make_grid, validate_tiling
 
@@ -473,18 +473,18 @@ def predict_raster(src_path: str | os.PathLike, dst_path: str | os.PathLike, mod
                         acc.add(res.classes, r.row)
 
                     stats = _run_pipeline(plan, forward, options.batch_size, options.prefetch, consume, reporter)
+                    tag_class_dataset(dst, meta.classes, {
+                        "GEOSEG_MODEL": meta.name, "GEOSEG_TILE_SIZE": str(plan.grid.tile),
+                        "GEOSEG_OVERLAP": str(plan.grid.overlap), "GEOSEG_BLEND": plan.blend})
+                    if cdst is not None:
+                        cdst.set_band_description(1, "confidence (%)")
+                        cdst.update_tags(GEOSEG_MODEL=meta.name, UNITS="percent")
                 finally:
                     if cdst is not None:
                         cdst.close()
-        tags = {"GEOSEG_MODEL": meta.name, "GEOSEG_TILE_SIZE": str(plan.grid.tile),
-                "GEOSEG_OVERLAP": str(plan.grid.overlap), "GEOSEG_BLEND": plan.blend}
-        # Colour table, tags, RAT (.aux.xml) and .qml first: a COG copy keeps the first
-        # two inside the file, and the side-cars stay beside the temporary path.
-        style_class_raster(main_out.tmp, meta.classes, tags, qml_path=main_out.tmp.with_suffix(".qml"))
-        if conf_out is not None:
-            with rasterio.open(conf_out.tmp, "r+") as c:
-                c.set_band_description(1, "confidence (%)")
-                c.update_tags(GEOSEG_MODEL=meta.name, UNITS="percent")
+        # RAT (.aux.xml) and .qml before a COG copy: the colour table and tags travel
+        # inside the file, the side-cars stay beside the temporary path.
+        style_class_raster(main_out.tmp, meta.classes, qml_path=main_out.tmp.with_suffix(".qml"), tag=False)
         if cog:
             _to_cog(main_out)
             if conf_out is not None:

@@ -37,7 +37,12 @@ fi
 stamp=".venv/.geoseg-installed$extra"
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   echo "bootstrap: installing geoseg$extra into .venv" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=23"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra"
+  log=.venv/pip-install.log
+  if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade "pip>=23" &&
+         .venv/bin/python -m pip install --disable-pip-version-check -e ".$extra"; } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "bootstrap: pip install failed (full log: $log)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi

@@ -176,3 +176,13 @@ def test_wide_geographic_rows_counted_per_row(make_geotiff):
         per_row = (data == c).sum(axis=1)
         assert tab[c].pixels == per_row.sum()
         assert tab[c].area_m2 == pytest.approx(float(rows @ per_row), rel=1e-12)
+
+
+def test_not_a_class_raster(make_geotiff):
+    from geoseg.errors import RasterError
+    p = make_geotiff(np.arange(60 * 50, dtype=np.uint16).reshape(60, 50))
+    with pytest.raises(RasterError, match="is it a class raster"):
+        class_areas(p)
+    p2 = make_geotiff(np.full((5, 5), 0.5, np.float32))
+    with pytest.raises(RasterError, match="non-integer"):
+        class_areas(p2)
