@@ -110,7 +110,7 @@ def make_plan(src, meta: ModelMeta, options: PredictOptions) -> Plan:
     overlap = meta.overlap if options.overlap is None else options.overlap
     validate_tiling(tile, overlap, meta.tile_multiple)
     bands = resolve_bands(src, meta.input, options.bands)
-    grid = make_grid(src.width, src.height, tile, overlap, options.block_size)
+    grid = make_grid(src.width, src.height, tile, overlap, options.block_size, align=meta.tile_multiple)
     spec = meta.input
     off, sc = np.array(spec.offset), np.array(spec.scale)
     mean, std = np.array(spec.mean), np.array(spec.std)

@@ -23,9 +23,12 @@
   ``stride = tile - overlap`` pixels per axis (as equal as possible); a core on the
   image border may be ``ceil(overlap / 2)`` longer, as it needs no context beyond it.
 * Each core sits in the middle of a ``tile x tile`` read window, which is shifted
-  inward at the image edges so it never leaves the image. Where the image itself is
-  smaller than the tile, the window starts at 0 and the reader pads (reflect).
-  Windows are never resized.
+  inward at the image edges. Where the image itself is smaller than the tile, the
+  window starts at 0 and the reader pads (reflect). Windows are never resized.
+* With ``align`` (the network's downsampling factor, e.g. 8 for three poolings)
+  window origins stay on multiples of it: a strided network is not shift-invariant,
+  and windows off the common lattice would disagree along their seams. The last
+  window may then overhang the far image edge by less than ``align`` px (reflect).
 * The cores of all units partition the image: every output pixel comes from exactly
   one window of exactly one unit.
 
@@ -182,15 +185,37 @@ def split_cores(start: int, length: int, stride: int, extent: int, edge_bonus: i
     return parts
 
 
-def _window_start(core_start: int, core_size: int, tile: int, extent: int) -> int:
+def _window_start(core_start: int, core_size: int, tile: int, extent: int, align: int = 1) -> int:
+    """Start of the window around a core: centred on it, on the ``align`` lattice,
+    shifted inward at the image start; at the far edge it may overhang the image by
+    less than ``align`` px (reflect-padded) so that it stays on the lattice."""
     if extent <= tile:
         return 0
     start = core_start - (tile - core_size) // 2
-    return min(max(start, 0), extent - tile)
+    if align <= 1:
+        return min(max(start, 0), extent - tile)
+    lo = max(core_start + core_size - tile, 0)      # the window must hold the core
+    hi = min(core_start, -(-(extent - tile) // align) * align)
+    start = min(max(int(round(start / align)) * align, lo), hi)
+    if start % align:                                # clamped off the lattice
+        up = -(-start // align) * align
+        down = (start // align) * align
+        if up <= hi:
+            start = up
+        elif down >= lo:
+            start = down
+        else:                                        # no lattice point fits: stay inside the image
+            return min(max(core_start - (tile - core_size) // 2, lo), min(core_start, extent - tile))
+    return start
 
 
-def make_grid(width: int, height: int, tile: int, overlap: int, block: int | None = None) -> Grid:
+def make_grid(width: int, height: int, tile: int, overlap: int, block: int | None = None,
+              align: int = 1) -> Grid:
     """Build the window grid for a ``width x height`` image.
+
+    ``align``: window origins are kept on multiples of it (the network's total
+    downsampling factor), so every window sees the same pooling lattice as one big
+    window would; the far-edge window may then overhang the image by < ``align`` px.
 
     >>> g = make_grid(1000, 700, tile=256, overlap=32)
     >>> g.block, len(g), all(w.read.width == 256 for u in g for w in u.windows)
@@ -213,9 +238,9 @@ def make_grid(width: int, height: int, tile: int, overlap: int, block: int | Non
             cols = split_cores(bcol, bw, stride, width, bonus, tile)
             wins = []
             for r0, rh in rows:
-                wr = _window_start(r0, rh, tile, height)
+                wr = _window_start(r0, rh, tile, height, align)
                 for c0, cw in cols:
-                    wc = _window_start(c0, cw, tile, width)
+                    wc = _window_start(c0, cw, tile, width, align)
                     wins.append(TileWindow(Rect(wc, wr, tile, tile), Rect(c0, r0, cw, rh)))
             units.append(Unit(len(units), Rect(bcol, brow, bw, bh), tuple(wins)))
     return Grid(width, height, tile, overlap, block, tuple(units))

@@ -7,13 +7,13 @@ from geoseg.errors import ConfigError
 from geoseg.windows import choose_block_size, make_grid, split_axis
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(width=st.integers(1, 700), height=st.integers(1, 700),
        tile=st.sampled_from([16, 32, 48, 64, 100, 128, 256]), overlap_frac=st.floats(0, 0.49),
-       block=st.sampled_from([None, 16, 64, 96, 512]))
-def test_grid_covers_every_pixel_exactly_once(width, height, tile, overlap_frac, block):
+       block=st.sampled_from([None, 16, 64, 96, 512]), align=st.sampled_from([1, 2, 8, 16]))
+def test_grid_covers_every_pixel_exactly_once(width, height, tile, overlap_frac, block, align):
     overlap = min(int(tile * overlap_frac), (tile - 1) // 2)
-    g = make_grid(width, height, tile, overlap, block)
+    g = make_grid(width, height, tile, overlap, block, align=align)
     hits = np.zeros((height, width), np.int32)
     regions = np.zeros((height, width), np.int32)
     for u in g:
@@ -28,16 +28,19 @@ def test_grid_covers_every_pixel_exactly_once(width, height, tile, overlap_frac,
             bonus = overlap - overlap // 2
             assert w.core.width <= min(tile, tile - overlap + bonus * ((w.core.col == 0) + (w.core.col_stop == width)))
             assert w.core.height <= min(tile, tile - overlap + bonus * ((w.core.row == 0) + (w.core.row_stop == height)))
-            # a window leaves the image only where the image is smaller than a tile
+            # a window leaves the image only where the image is smaller than a tile, or
+            # by less than `align` px at the far edge to stay on the pooling lattice
             assert w.read.col >= 0 and w.read.row >= 0
             if width >= tile:
-                assert w.read.col_stop <= width
+                assert w.read.col_stop < width + align
             else:
                 assert w.read.col == 0
             if height >= tile:
-                assert w.read.row_stop <= height
+                assert w.read.row_stop < height + align
             else:
                 assert w.read.row == 0
+            if overlap // 2 >= align:  # enough slack: every window is on the lattice
+                assert w.read.col % align == 0 and w.read.row % align == 0
             hits[w.core.slices()] += 1
     assert (hits == 1).all()
     assert (regions == 1).all()
@@ -95,3 +98,14 @@ def test_core_never_exceeds_tile(n, tile, overlap):
         for w in u.windows:
             assert w.core.width <= tile and w.core.height <= tile
             assert w.read.intersection(w.core) == w.core
+
+
+def test_aligned_windows_keep_context():
+    g = make_grid(1000, 700, 256, 32, align=8)
+    for u in g:
+        for w in u.windows:
+            assert w.read.col % 8 == 0 and w.read.row % 8 == 0
+            if w.core.col > 0:
+                assert w.core.col - w.read.col >= 16 - 4
+            if w.core.col_stop < 1000:
+                assert w.read.col_stop - w.core.col_stop >= 16 - 4
