@@ -162,18 +162,21 @@ def _check_model_fits(model: Any, meta: ModelMeta, where: str) -> None:
 
 
 def make_forward(model: Any, tile: int, n_bands: int, head: str = "softmax") -> Callable[[np.ndarray], np.ndarray]:
-    """A compiled forward pass: ``(N, tile, tile, bands) float32 -> (N, tile, tile, K)`` probabilities.
+    """A compiled forward pass: ``(N, h, w, bands) float32 -> (N, h, w, K)`` probabilities.
 
-    TensorFlow backend: one ``tf.function`` with a fixed signature (about 25 % faster
-    than ``model.predict`` per batch, see stack.md). JAX backend: ``jax.jit`` over
-    ``stateless_call``. A sigmoid head is returned as two channels ``[1 - p, p]``.
+    TensorFlow backend: one ``tf.function`` whose signature leaves batch and window
+    sizes open (no retracing for short batches or trimmed border windows; about 25 %
+    faster than ``model.predict``, see stack.md). JAX backend: ``jax.jit`` over
+    ``stateless_call`` (compiled once per window shape). A sigmoid head is returned
+    as two channels ``[1 - p, p]``. ``tile`` is the usual window size (kept for
+    callers that warm the function up).
     """
     keras = keras_module()
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf  # noqa: PLC0415
 
-        @tf.function(input_signature=[tf.TensorSpec([None, tile, tile, n_bands], tf.float32)])
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, n_bands], tf.float32)])
         def _fwd(x):
             return model(x, training=False)
 

@@ -130,9 +130,9 @@ class UnitInput:
     """A unit read and normalised: windows ready for the model."""
 
     unit: Unit
-    valid: np.ndarray          # (h, w) validity of the unit's region
-    batch: np.ndarray | None   # (n_run, tile, tile, bands) float32
-    run: list[int]             # indexes into unit.windows that need the model
+    valid: np.ndarray              # (h, w) validity of the unit's region
+    inputs: list[np.ndarray]       # (win_h, win_w, bands) float32, one per window to run
+    run: list[int]                 # indexes into unit.windows that need the model
 
 
 @dataclass
@@ -154,36 +154,43 @@ def read_unit(src, unit: Unit, plan: Plan) -> UnitInput:
         if region_valid[contrib.slices(unit.region)].any():
             run.append(i)
     if not run:
-        return UnitInput(unit, region_valid, None, run)
+        return UnitInput(unit, region_valid, [], run)
     x = np.moveaxis(data, 0, -1)  # (h, w, bands) view
     x = x * plan.gain + plan.bias  # new contiguous float32 array
     if plan.masked:
         x[~valid] = 0.0
-    t = plan.grid.tile
-    batch = np.empty((len(run), t, t, x.shape[-1]), np.float32)
-    for j, i in enumerate(run):
-        batch[j] = x[unit.windows[i].read.slices(rect)]
-    return UnitInput(unit, region_valid, batch, run)
+    inputs = [np.ascontiguousarray(x[unit.windows[i].read.slices(rect)]) for i in run]
+    return UnitInput(unit, region_valid, inputs, run)
 
 
-def blend_weights(tile: int, overlap: int) -> np.ndarray:
+def _ramp(n: int, overlap: int) -> np.ndarray:
+    w = np.ones(n, np.float64)
+    r = min(overlap, n // 2)
+    if r > 0:
+        i = np.arange(r)
+        ramp = np.sin(0.5 * np.pi * (i + 0.5) / r) ** 2
+        w[:r] = ramp
+        w[n - r:] = ramp[::-1]
+    return np.maximum(w, 1e-3)
+
+
+_WEIGHTS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def blend_weights(height: int, width: int, overlap: int) -> np.ndarray:
     """2-D window weights: 1 in the middle, sin² ramps over ``overlap`` px at each edge.
 
     Two windows that overlap by ``overlap`` px have weights summing to 1 there
     (sin² + cos² = 1); a small floor keeps image-edge pixels defined.
     """
-    w = np.ones(tile, np.float64)
-    if overlap > 0:
-        i = np.arange(overlap)
-        ramp = np.sin(0.5 * np.pi * (i + 0.5) / overlap) ** 2
-        w[:overlap] = ramp
-        w[tile - overlap:] = ramp[::-1]
-    w = np.maximum(w, 1e-3)
-    return np.outer(w, w).astype(np.float32)
+    key = (height, width, overlap)
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = np.outer(_ramp(height, overlap), _ramp(width, overlap)).astype(np.float32)
+    return _WEIGHTS[key]
 
 
-def merge_unit(uin: UnitInput, probs: np.ndarray | None, plan: Plan) -> UnitResult:
-    """Merge the window probabilities ``(n_run, tile, tile, K)`` into the unit's block."""
+def merge_unit(uin: UnitInput, probs: Sequence[np.ndarray] | None, plan: Plan) -> UnitResult:
+    """Merge the run windows' probabilities (each ``(win_h, win_w, K)``) into the unit's block."""
     unit = uin.unit
     reg = unit.region
     h, w = reg.height, reg.width
@@ -199,12 +206,12 @@ def merge_unit(uin: UnitInput, probs: np.ndarray | None, plan: Plan) -> UnitResu
                 if conf is not None:
                     conf[sl] = np.rint(100.0 * p.max(axis=-1)).astype(np.uint8)
         else:
-            k = probs.shape[-1]
+            k = probs[0].shape[-1]
             acc = np.zeros((h, w, k), np.float32)
             wsum = np.zeros((h, w, 1), np.float32)
-            weights = blend_weights(plan.grid.tile, plan.grid.overlap)[..., None]
             for j, i in enumerate(uin.run):
                 win = unit.windows[i]
+                weights = blend_weights(win.read.height, win.read.width, plan.grid.overlap)[..., None]
                 part = win.read.intersection(reg)
                 src_sl = part.slices(win.read)
                 dst_sl = part.slices(reg)
@@ -223,8 +230,19 @@ def merge_unit(uin: UnitInput, probs: np.ndarray | None, plan: Plan) -> UnitResu
     return UnitResult(unit, classes, conf, counts)
 
 
-def _forward_batched(forward: Forward, batch: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([forward(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)])
+def _forward_grouped(forward: Forward, inputs: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Run windows through the model in batches of equal shape; results in input order."""
+    out: list[np.ndarray | None] = [None] * len(inputs)
+    groups: dict[tuple, list[int]] = {}
+    for j, x in enumerate(inputs):
+        groups.setdefault(x.shape, []).append(j)
+    for idx in groups.values():
+        for b in range(0, len(idx), batch_size):
+            part = idx[b:b + batch_size]
+            y = forward(np.stack([inputs[j] for j in part]))
+            for j, p in zip(part, y):
+                out[j] = p
+    return out  # type: ignore[return-value]
 
 
 def process_unit(plan: Plan, unit: Unit, forward: Forward, batch_size: int = 8, src=None) -> UnitResult:
@@ -238,7 +256,7 @@ def process_unit(plan: Plan, unit: Unit, forward: Forward, batch_size: int = 8, 
             uin = read_unit(s, unit, plan)
     else:
         uin = read_unit(src, unit, plan)
-    probs = _forward_batched(forward, uin.batch, batch_size) if uin.batch is not None else None
+    probs = _forward_grouped(forward, uin.inputs, batch_size) if uin.run else None
     return merge_unit(uin, probs, plan)
 
 
@@ -322,30 +340,38 @@ def _run_pipeline(plan: Plan, forward: Forward, batch_size: int, prefetch: int,
     wt = threading.Thread(target=writer, name="geoseg-writer", daemon=True)
     rt.start()
     wt.start()
-    pending: deque[tuple[UnitInput, int]] = deque()   # (unit, row in its batch)
-    open_units: deque[list] = deque()                  # [UnitInput, probs array or None, n_done]
+    # Windows wait in one queue per shape (border windows are trimmed), so a batch
+    # always has one shape; units leave in order once all their windows are done.
+    pending: dict[tuple, deque] = {}                  # shape -> deque of (slot, j)
+    open_units: deque[list] = deque()                  # slot = [UnitInput, probs list, n_done]
+    max_open = prefetch + 2                            # bounds the units held in memory
     try:
-        def run_batch(n: int) -> None:
-            items = [pending.popleft() for _ in range(n)]
-            x = np.stack([u.batch[j] for u, j in items]) if n > 1 else items[0][0].batch[items[0][1]][None]
+        def run_batch(shape: tuple, n: int) -> None:
+            q = pending[shape]
+            items = [q.popleft() for _ in range(n)]
+            x = np.stack([slot[0].inputs[j] for slot, j in items])
             t0 = time.perf_counter()
-            y = forward(x)  # a short last batch is not padded: the batch axis is dynamic
+            y = forward(x)
             stats["model_seconds"] += time.perf_counter() - t0
             stats["windows_run"] += n
-            for (u, j), p in zip(items, y[:n]):
-                slot = by_id[id(u)]
-                if slot[1] is None:
-                    slot[1] = np.empty((len(u.run),) + p.shape, np.float32)
+            for (slot, j), p in zip(items, y):
                 slot[1][j] = p
                 slot[2] += 1
+                slot[0].inputs[j] = None  # the input is no longer needed
 
         def flush_done() -> None:
             while open_units and open_units[0][2] == len(open_units[0][0].run):
                 uin, probs, _ = open_units.popleft()
-                del by_id[id(uin)]
                 put(out_q, merge_unit(uin, probs, plan))
 
-        by_id: dict[int, list] = {}
+        def head_shape() -> tuple | None:
+            """The shape queue holding the oldest unit's next waiting window."""
+            head = open_units[0]
+            for shape, q in pending.items():
+                if q and q[0][0] is head:
+                    return shape
+            return None
+
         finished = False
         while not finished:
             reporter.check()
@@ -361,12 +387,21 @@ def _run_pipeline(plan: Plan, forward: Forward, batch_size: int, prefetch: int,
             if uin is None:
                 finished = True
             else:
-                slot = [uin, None, 0]
+                slot = [uin, [None] * len(uin.run), 0]
                 open_units.append(slot)
-                by_id[id(uin)] = slot
-                pending.extend((uin, j) for j in range(len(uin.run)))
-            while len(pending) >= batch_size or (finished and pending):
-                run_batch(min(batch_size, len(pending)))
+                for j, x in enumerate(uin.inputs):
+                    pending.setdefault(x.shape, deque()).append((slot, j))
+            for shape, q in pending.items():
+                while len(q) >= batch_size:
+                    run_batch(shape, batch_size)
+            flush_done()
+            # Too many units waiting on a rarely seen shape (the right-edge windows):
+            # run a short batch rather than hold more units in memory.
+            while open_units and (finished or len(open_units) > max_open):
+                shape = head_shape()
+                if shape is None:
+                    break
+                run_batch(shape, min(batch_size, len(pending[shape])))
                 flush_done()
             flush_done()
         if not errors:

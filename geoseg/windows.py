@@ -23,8 +23,10 @@
   ``stride = tile - overlap`` pixels per axis (as equal as possible); a core on the
   image border may be ``ceil(overlap / 2)`` longer, as it needs no context beyond it.
 * Each core sits in the middle of a ``tile x tile`` read window, which is shifted
-  inward at the image edges. Where the image itself is smaller than the tile, the
-  window starts at 0 and the reader pads (reflect). Windows are never resized.
+  inward at the image edges. A core on the image border needs context on its inner
+  side only: its window is trimmed to ``core + overlap / 2`` (an image shorter than
+  a tile gets one window of its own length), so edge strips cost what they hold.
+  Windows are cropped to the data, never rescaled.
 * With ``align`` (the network's downsampling factor, e.g. 8 for three poolings)
   window origins stay on multiples of it: a strided network is not shift-invariant,
   and windows off the common lattice would disagree along their seams. The last
@@ -85,7 +87,8 @@ class Rect:
 
 @dataclass(frozen=True)
 class TileWindow:
-    """One model input: ``read`` (tile x tile, may overhang a too-small image) and ``core``."""
+    """One model input: ``read`` (at most tile x tile; trimmed at image borders; may
+    overhang the far image edge by less than the alignment) and ``core``."""
 
     read: Rect
     core: Rect
@@ -179,9 +182,20 @@ def split_cores(start: int, length: int, stride: int, extent: int, edge_bonus: i
         return split_axis(start, length, stride + edge_bonus)
     if n == 1:
         return [(start, length)]
-    parts = split_axis(start + b0, inner, stride)
-    parts[0] = (start, parts[0][1] + b0)
-    parts[-1] = (parts[-1][0], parts[-1][1] + b1)
+    if b0 and b1:  # a region spanning the image: near-equal cores
+        parts = split_axis(start + b0, inner, stride)
+        parts[0] = (start, parts[0][1] + b0)
+        parts[-1] = (parts[-1][0], parts[-1][1] + b1)
+        return parts
+    # A region on one border: full-stride cores inside, the remainder at the border,
+    # where its window is trimmed to what it holds.
+    sizes = [stride] * (n - 1)
+    rest = length - stride * (n - 1)
+    sizes = sizes + [rest] if b1 else [rest] + sizes
+    parts, pos = [], start
+    for size in sizes:
+        parts.append((pos, size))
+        pos += size
     return parts
 
 
@@ -209,6 +223,37 @@ def _window_start(core_start: int, core_size: int, tile: int, extent: int, align
     return start
 
 
+def _roundup(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def _window_span(core_start: int, core_size: int, tile: int, extent: int, align: int,
+                 context: int) -> tuple[int, int]:
+    """(start, size) of the window around a core along one axis.
+
+    Inside the image a window is ``tile`` long. A core on the image border needs
+    context on its inner side only, so its window is trimmed to ``core + context``
+    (rounded up to ``align``); an image shorter than a tile gets one window of its
+    own length (rounded up to ``align``). Trimming crops the window to the data, it
+    never rescales it.
+    """
+    a = max(align, 1)
+    if extent <= tile:
+        return 0, _roundup(extent, a)
+    start, size = _window_start(core_start, core_size, tile, extent, align), tile
+    core_end = core_start + core_size
+    if core_end == extent:
+        s2 = max(0, ((core_start - context) // a) * a)
+        n2 = _roundup(extent - s2, a)
+        if n2 < size:
+            start, size = s2, n2
+    elif core_start == 0:
+        n2 = _roundup(core_end + context, a)
+        if n2 < size:
+            start, size = 0, n2
+    return start, size
+
+
 def make_grid(width: int, height: int, tile: int, overlap: int, block: int | None = None,
               align: int = 1) -> Grid:
     """Build the window grid for a ``width x height`` image.
@@ -218,17 +263,18 @@ def make_grid(width: int, height: int, tile: int, overlap: int, block: int | Non
     window would; the far-edge window may then overhang the image by < ``align`` px.
 
     >>> g = make_grid(1000, 700, tile=256, overlap=32)
-    >>> g.block, len(g), all(w.read.width == 256 for u in g for w in u.windows)
-    (448, 6, True)
+    >>> g.block, len(g), sorted({w.read.width for u in g for w in u.windows})
+    (448, 6, [120, 240, 256])
     """
     if width < 1 or height < 1:
         raise ConfigError(f"raster has no pixels ({width} x {height})")
-    validate_tiling(tile, overlap)
+    validate_tiling(tile, overlap, align)
     block = block or choose_block_size(tile, overlap)
     if block % 16:
         raise ConfigError(f"output block size must be a multiple of 16, got {block}")
     stride = tile - overlap
     bonus = overlap - overlap // 2   # a border core keeps >= overlap // 2 px of inner context
+    context = overlap // 2
     units = []
     for brow in range(0, height, block):
         bh = min(block, height - brow)
@@ -238,9 +284,9 @@ def make_grid(width: int, height: int, tile: int, overlap: int, block: int | Non
             cols = split_cores(bcol, bw, stride, width, bonus, tile)
             wins = []
             for r0, rh in rows:
-                wr = _window_start(r0, rh, tile, height, align)
+                wr, wh = _window_span(r0, rh, tile, height, align, context)
                 for c0, cw in cols:
-                    wc = _window_start(c0, cw, tile, width, align)
-                    wins.append(TileWindow(Rect(wc, wr, tile, tile), Rect(c0, r0, cw, rh)))
+                    wc, ww = _window_span(c0, cw, tile, width, align, context)
+                    wins.append(TileWindow(Rect(wc, wr, ww, wh), Rect(c0, r0, cw, rh)))
             units.append(Unit(len(units), Rect(bcol, brow, bw, bh), tuple(wins)))
     return Grid(width, height, tile, overlap, block, tuple(units))

@@ -248,7 +248,7 @@ def test_confidence_cog_preview(make_geotiff, tmp_path, fake_model):
 
 
 def test_blend_weights_partition_of_unity():
-    w = blend_weights(64, 16)[0] / blend_weights(64, 16)[0].max()
+    w = blend_weights(64, 64, 16)[0] / blend_weights(64, 64, 16)[0].max()
     # two windows overlapping by 16 px: weights sum to 1 across the overlap
     s = w[48:] + w[:16]
     assert np.allclose(s, 1.0, atol=1e-3)
@@ -275,11 +275,11 @@ def test_small_raster_padding_reflects_the_image(make_geotiff, tmp_path):
         seen.append(x.copy())
         return threshold_forward()(x)
     img = smooth_image(20, 10) + 1.0
-    meta = make_meta(tile=32, overlap=8)
+    meta = make_meta(tile=32, overlap=8, multiple=8)
     run(make_geotiff(img), tmp_path / "o.tif", LoadedModel(meta, None), fwd)
     x = seen[0][0]
-    assert x.shape == (32, 32, 3)
-    assert np.allclose(x[20:, :10], x[18:6:-1, :10][: 12])  # rows 20.. mirror rows 18, 17, ...
+    assert x.shape == (24, 16, 3)  # the image rounded up to the alignment (8)
+    assert np.allclose(x[20:, :10], x[18:14:-1, :10])  # rows 20.. mirror rows 18, 17, ...
     assert (x != 0).all()
 
 

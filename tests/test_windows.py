@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from geoseg.errors import ConfigError
@@ -12,6 +12,7 @@ from geoseg.windows import choose_block_size, make_grid, split_axis
        tile=st.sampled_from([16, 32, 48, 64, 100, 128, 256]), overlap_frac=st.floats(0, 0.49),
        block=st.sampled_from([None, 16, 64, 96, 512]), align=st.sampled_from([1, 2, 8, 16]))
 def test_grid_covers_every_pixel_exactly_once(width, height, tile, overlap_frac, block, align):
+    assume(tile % align == 0)  # make_grid refuses other tiles (the network needs it)
     overlap = min(int(tile * overlap_frac), (tile - 1) // 2)
     g = make_grid(width, height, tile, overlap, block, align=align)
     hits = np.zeros((height, width), np.int32)
@@ -22,7 +23,9 @@ def test_grid_covers_every_pixel_exactly_once(width, height, tile, overlap_frac,
         assert u.region.col % g.block == 0 and u.region.row % g.block == 0
         assert u.region.width == min(g.block, width - u.region.col)
         for w in u.windows:
-            assert w.read.width == tile and w.read.height == tile  # never resized
+            # cropped at image borders (never rescaled), on the alignment otherwise
+            assert w.read.width <= tile and w.read.height <= tile
+            assert w.read.width % align == 0 and w.read.height % align == 0
             assert w.core.intersection(u.region) == w.core        # core inside its unit
             assert w.read.intersection(w.core) == w.core          # core inside its window
             bonus = overlap - overlap // 2
@@ -51,7 +54,6 @@ def test_grid_covers_every_pixel_exactly_once(width, height, tile, overlap_frac,
 def test_cores_keep_half_overlap_of_context(width, tile, overlap):
     """Where the image allows, every core has >= overlap/2 pixels of context each side."""
     g = make_grid(width, 40, tile, overlap)
-    assert all(w.read.width == tile for u in g for w in u.windows)
     for u in g:
         for w in u.windows:
             left = w.core.col - w.read.col
@@ -67,6 +69,14 @@ def test_block_size_follows_stride():
     assert choose_block_size(256, 64) == 576
     assert choose_block_size(256, 50) == 512   # stride 206 is not a multiple of 16
     assert choose_block_size(512, 0) == 512
+
+
+@pytest.mark.parametrize("n", [1000, 1024, 2048, 4096, 10980])
+def test_model_input_area_is_flat_across_sizes(n):
+    """Trimmed border windows: the network looks at ~1.3x the scene whatever its size."""
+    g = make_grid(n, n, 256, 32, align=8)
+    px = sum(w.read.width * w.read.height for u in g for w in u.windows)
+    assert 1.25 < px / n / n < 1.31
 
 
 def test_border_cores_save_windows():
