@@ -42,24 +42,35 @@ def main():
     n_win = plan.grid.n_windows
     tile = plan.grid.tile
     fwd = make_forward(lm.keras_model, tile, 6)
+    # The same windows as the run: trimmed border windows have their own shapes.
+    shapes: dict[tuple, int] = {}
+    for u in plan.grid:
+        for w in u.windows:
+            key = (w.read.height, w.read.width)
+            shapes[key] = shapes.get(key, 0) + 1
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch_size, tile, tile, 6)).astype(np.float32)
-    fwd(x)  # compile
-    n_batches = -(-n_win // args.batch_size)
+    data = {k: rng.standard_normal((args.batch_size, *k, 6)).astype(np.float32) for k in shapes}
+    for x in data.values():
+        fwd(x)  # warm up every shape
     results = []
     for rep in range(2):
         t0 = time.perf_counter()
-        for _ in range(n_batches):
-            fwd(x)
+        n_batches = 0
+        for k, count in shapes.items():
+            for b in range(0, count, args.batch_size):
+                fwd(data[k][: min(args.batch_size, count - b)])
+                n_batches += 1
         t_fwd = time.perf_counter() - t0
         out = work / "pred.tif"
         t0 = time.perf_counter()
         r = predict_raster(src, out, lm, opts, overwrite=True, forward=fwd)
         t_e2e = time.perf_counter() - t0
         results.append((t_fwd, t_e2e, r.model_seconds))
-        print(f"rep {rep}: forward only {t_fwd:.2f} s for {n_batches} batches ({n_win} windows); "
-              f"predict {t_e2e:.2f} s (model busy {r.model_seconds:.2f} s); ratio {t_fwd / t_e2e:.3f}")
-    t_fwd, t_e2e, _ = min(results, key=lambda t: t[1])
+        print(f"rep {rep}: forward only {t_fwd:.2f} s for {n_batches} batches ({n_win} windows, "
+              f"{len(shapes)} shapes); predict {t_e2e:.2f} s ({r.batches} batches, model busy "
+              f"{r.model_seconds:.2f} s); ratio {t_fwd / t_e2e:.3f}", flush=True)
+    t_fwd = min(r[0] for r in results)   # best of each: the machine is shared and noisy
+    t_e2e = min(r[1] for r in results)
     mpx = args.size ** 2 / 1e6
     print(f"size {args.size}^2, tile {tile}, overlap {plan.grid.overlap}, {n_win} windows, batch {args.batch_size}")
     print(f"forward throughput  {n_win / t_fwd:.2f} windows/s")

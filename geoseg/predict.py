@@ -275,6 +275,8 @@ class PredictResult:
     preview: Path | None = None
     seconds: float = 0.0
     model_seconds: float = 0.0
+    input_pixels: int = 0      # pixels the network looked at (sum of the run windows)
+    batches: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -292,7 +294,7 @@ def _run_pipeline(plan: Plan, forward: Forward, batch_size: int, prefetch: int,
     out_q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
     errors: list[BaseException] = []
-    stats = {"model_seconds": 0.0, "windows_run": 0}
+    stats = {"model_seconds": 0.0, "windows_run": 0, "input_pixels": 0, "batches": 0}
 
     def put(q: queue.Queue, item) -> None:
         while not stop.is_set():
@@ -352,8 +354,10 @@ def _run_pipeline(plan: Plan, forward: Forward, batch_size: int, prefetch: int,
             x = np.stack([slot[0].inputs[j] for slot, j in items])
             t0 = time.perf_counter()
             y = forward(x)
+            stats["batches"] += 1
             stats["model_seconds"] += time.perf_counter() - t0
             stats["windows_run"] += n
+            stats["input_pixels"] += x.shape[0] * x.shape[1] * x.shape[2]
             for (slot, j), p in zip(items, y):
                 slot[1][j] = p
                 slot[2] += 1
@@ -549,7 +553,8 @@ def predict_raster(src_path: str | os.PathLike, dst_path: str | os.PathLike, mod
     return PredictResult(resolved["output"], plan.grid.width, plan.grid.height, len(plan.grid),
                          plan.grid.n_windows, int(stats["windows_run"]), counts, table,
                          resolved.get("confidence output"), resolved.get("areas CSV"), resolved.get("preview"),
-                         time.perf_counter() - t_start, stats["model_seconds"])
+                         time.perf_counter() - t_start, stats["model_seconds"], int(stats["input_pixels"]),
+                         int(stats["batches"]))
 
 
 def _to_cog(out: AtomicOutput) -> None:
