@@ -15,6 +15,7 @@ from geoseg.errors import Cancelled, GeosegError
 
 from .areas import areas
 from .demo import demo
+from .evaluate import evaluate
 from .info import info
 from .predict import predict
 
@@ -53,6 +54,7 @@ def cli(ctx, verbose, quiet):
       geoseg predict model.geoseg scene.tif water.tif --areas --preview
       geoseg predict model.geoseg a.tif b.tif out_dir/ --areas
       geoseg areas landcover.tif -o areas.csv
+      geoseg evaluate --model water.geoseg scene.tif truth.tif -o eval/water
     """
     level = logging.WARNING - 10 * verbose if not quiet else logging.ERROR
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
@@ -65,6 +67,7 @@ cli.add_command(predict)
 cli.add_command(areas)
 cli.add_command(info)
 cli.add_command(demo)
+cli.add_command(evaluate)
 
 
 def _sigterm(signum, frame):

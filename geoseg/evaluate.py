@@ -26,7 +26,8 @@ import numpy as np
 
 from .errors import RasterError
 
-__all__ = ["Scores", "confusion_matrix", "scores_from_confusion", "evaluate_rasters", "write_scores"]
+__all__ = ["Scores", "confusion_matrix", "scores_from_confusion", "evaluate_rasters", "write_scores",
+           "plot_confusion", "evaluate_model_on_raster", "format_scores"]
 
 
 @dataclass
@@ -68,11 +69,20 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, class_ids: Sequence[in
     """``C[t, p]`` over pixels where ``valid`` and both values are among ``class_ids``."""
     ids = np.asarray(class_ids, np.int64)
     k = len(ids)
-    lut_size = int(max(ids.max(), truth.max(initial=0), pred.max(initial=0))) + 1
-    lut = np.full(lut_size, -1, np.int64)
+    size = int(ids.max()) + 1
+    lut = np.full(size, -1, np.int64)
     lut[ids] = np.arange(k)
-    t = lut[truth.astype(np.int64, copy=False).ravel()]
-    p = lut[pred.astype(np.int64, copy=False).ravel()]
+
+    def index(a: np.ndarray) -> np.ndarray:
+        v = a.ravel()
+        inside = (v >= 0) & (v < size)
+        if np.issubdtype(v.dtype, np.floating):
+            inside &= np.isfinite(v) & (v == np.floor(v))
+        out = np.full(v.shape, -1, np.int64)
+        out[inside] = lut[v[inside].astype(np.int64)]
+        return out
+
+    t, p = index(truth), index(pred)
     ok = (t >= 0) & (p >= 0)
     if valid is not None:
         ok &= valid.ravel()
@@ -147,10 +157,10 @@ def evaluate_rasters(pred_path: str | os.PathLike, truth_path: str | os.PathLike
                 valid &= tr != nd
             if np.issubdtype(tr.dtype, np.floating):
                 valid &= np.isfinite(tr)
-                tr = np.where(valid, tr, 0).astype(np.int64)
             for v in ignore:
                 valid &= tr != v
-            unpredicted += int(np.count_nonzero(valid & (pr == CLASS_NODATA)))
+            pnd = CLASS_NODATA if p.nodata is None else p.nodata
+            unpredicted += int(np.count_nonzero(valid & (pr == pnd)))
             conf += confusion_matrix(tr, pr, class_ids, valid)
     return scores_from_confusion(conf, class_ids, class_names, background, unpredicted)
 
@@ -171,3 +181,81 @@ def write_scores(scores: Scores, prefix: str | os.PathLike) -> list[Path]:
         lines.append(f"{key},,{'' if v is None else f'{v:.6f}'},,,,,")
     out_csv.write_text("\n".join(lines) + "\n")
     return [out_json, out_csv]
+
+
+def plot_confusion(scores: Scores, path: str | os.PathLike, title: str = "") -> Path:
+    """Confusion-matrix PNG: rows (truth) normalised to 1, counts written in the cells."""
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():  # Debian's mpl_toolkits beside a pip matplotlib
+        warnings.filterwarnings("ignore", message="Unable to import Axes3D")
+        import matplotlib  # noqa: PLC0415
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+        fig, ax = plt.subplots(figsize=(1, 1))
+        plt.close(fig)
+
+    conf = scores.confusion.astype(np.float64)
+    rows = conf.sum(axis=1, keepdims=True)
+    norm = np.divide(conf, rows, out=np.zeros_like(conf), where=rows > 0)
+    k = len(scores.class_ids)
+    size = max(5.5, 0.9 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=110)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    labels = [f"{i} {n}" for i, n in zip(scores.class_ids, scores.class_names)]
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    for r in range(k):
+        for c in range(k):
+            ax.text(c, r, f"{norm[r, c]:.2f}\n{int(conf[r, c]):,}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[r, c] > 0.5 else "black")
+    head = (f"mean IoU {scores.mean_iou:.3f}, mean Dice {scores.mean_dice:.3f}"
+            + (" (excl. background)" if scores.background is not None else "")
+            + f"\noverall accuracy {scores.overall_accuracy:.3f}")
+    ax.set_title((title + "\n" if title else "") + head, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def evaluate_model_on_raster(model, image_path: str | os.PathLike, truth_path: str | os.PathLike,
+                             options=None, truth_nodata: float | None | str = "auto",
+                             ignore: Sequence[int] = (), keep_prediction: str | os.PathLike | None = None,
+                             progress=None) -> Scores:
+    """Segment ``image_path`` with the engine (windowed, as ``predict`` does) and
+    compare the result with ``truth_path`` block by block."""
+    import tempfile  # noqa: PLC0415
+
+    from .predict import PredictOptions, predict_raster  # noqa: PLC0415
+
+    if isinstance(model, (str, os.PathLike)):
+        from .model import load_model  # noqa: PLC0415
+        model = load_model(model)
+    meta = model.meta
+    with tempfile.TemporaryDirectory() as tmp:
+        pred = Path(keep_prediction) if keep_prediction else Path(tmp) / "prediction.tif"
+        predict_raster(image_path, pred, model, options or PredictOptions(), overwrite=bool(keep_prediction),
+                       progress=progress)
+        return evaluate_rasters(pred, truth_path, [c.id for c in meta.classes], [c.name for c in meta.classes],
+                                meta.background, truth_nodata, ignore)
+
+
+def format_scores(scores: Scores) -> str:
+    lines = [f"  {'id':>3}  {'class':<20} {'IoU':>7} {'Dice':>7} {'prec.':>7} {'recall':>7} {'truth px':>12}"]
+
+    def f(v):
+        return "    n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:7.4f}"
+    for k, (cid, name) in enumerate(zip(scores.class_ids, scores.class_names)):
+        lines.append(f"  {cid:>3}  {name[:20]:<20} {f(scores.iou[k])} {f(scores.dice[k])} "
+                     f"{f(scores.precision[k])} {f(scores.recall[k])} {int(scores.confusion[k].sum()):>12,}")
+    excl = " (excluding background)" if scores.background is not None else ""
+    lines.append(f"  mean IoU {f(scores.mean_iou).strip()}, mean Dice {f(scores.mean_dice).strip()}{excl}, "
+                 f"overall accuracy {f(scores.overall_accuracy).strip()}")
+    if scores.unpredicted:
+        lines.append(f"  {scores.unpredicted:,} valid truth pixels were left as nodata by the prediction")
+    return "\n".join(lines)

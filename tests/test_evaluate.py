@@ -65,3 +65,43 @@ def test_s2_truth_declares_nodata_zero():
     assert s.confusion.tolist() == [[316446, 0], [0, 24179]] and s.mean_iou == 1.0
     s2 = evaluate_rasters(TRUTH, TRUTH, [0, 1])  # honouring the wrong nodata drops every land pixel
     assert s2.confusion[0, 0] == 0
+
+
+def test_evaluate_cli_raster_and_model(tmp_path, tiny_bundle, rgb_byte):
+    from click.testing import CliRunner
+
+    from geoseg_cli.main import cli
+    r = CliRunner()
+    # a truth on the RGB.byte grid: class 1 where the red band is bright
+    import rasterio
+    with rasterio.open(rgb_byte) as s:
+        prof = s.profile
+        red = s.read(1)
+    prof.update(count=1, nodata=255)
+    truth = tmp_path / "truth.tif"
+    with rasterio.open(truth, "w", **prof) as d:
+        d.write(np.where(red == 0, 255, (red > 100).astype(np.uint8)), 1)
+    res = r.invoke(cli, ["evaluate", "--model", str(tiny_bundle), str(rgb_byte), str(truth),
+                         "-o", str(tmp_path / "ev")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for name in ("ev.csv", "ev.json", "ev_confusion.png"):
+        assert (tmp_path / name).exists()
+    d = json.loads((tmp_path / "ev.json").read_text())
+    assert d["pixels"] == int(((red != 0)).sum()) - d["unpredicted_pixels"]
+    # the prediction written by predict carries its class names: no --model needed
+    pred = tmp_path / "pred.tif"
+    assert r.invoke(cli, ["predict", str(tiny_bundle), str(rgb_byte), str(pred)]).exit_code == 0
+    res = r.invoke(cli, ["evaluate", str(pred), str(truth)])
+    assert res.exit_code == 0 and json.loads(res.stdout)["confusion_matrix"] == d["confusion_matrix"]
+    # refuses to overwrite, and grids must match
+    res = r.invoke(cli, ["evaluate", str(pred), str(truth), "-o", str(tmp_path / "ev")])
+    assert res.exit_code == 1 and "exists" in res.output
+    res = r.invoke(cli, ["evaluate", str(pred), str(TRUTH)])
+    assert res.exit_code == 1 and "px but the truth is" in res.output
+
+
+def test_nc_crs_spelled_differently_is_the_same_grid(tmp_path):
+    """NC image files say EPSG:32119 (unnamed LCC WKT) and the labels EPSG:3358: same grid."""
+    from conftest import DATA
+    s = evaluate_rasters(DATA / "nc_strata.tif", DATA / "nc_strata.tif", list(range(1, 8)))
+    assert s.overall_accuracy == 1.0

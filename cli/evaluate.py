@@ -1,0 +1,89 @@
+"""geoseg evaluate"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import bands_opt, overwrite_opt
+from .progress import progress_bar
+
+
+def _ints(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected class values like 5 or 0,9, got {text!r}", param_hint="--ignore") from None
+
+
+@click.command(short_help="Accuracy of a class raster (or of a model) against a truth raster.")
+@click.argument("prediction", type=click.Path())
+@click.argument("truth", type=click.Path())
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="Segment PREDICTION (then an image) with this model first, through the same engine as predict.")
+@click.option("-o", "--output", "prefix", type=click.Path(), default=None,
+              help="Write PREFIX.csv, PREFIX.json and PREFIX_confusion.png.")
+@click.option("--truth-nodata", default=None, metavar="VALUE|none",
+              help="Override the truth's nodata; 'none' counts every value (S2 truths declare 0).")
+@click.option("--ignore", default=None, metavar="LIST", help="Truth values not to count, e.g. 255 or 5,255.")
+@click.option("--background", type=int, default=None,
+              help="Class left out of the means [default: the model's, else none].")
+@bands_opt
+@overwrite_opt
+@click.pass_context
+def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, background, bands, overwrite):
+    """Confusion matrix, per-class IoU, Dice/F1, precision and recall, overall
+    accuracy, and mean IoU / mean Dice excluding the background class.
+
+    PREDICTION is a class raster on the truth's grid, or with --model an image to
+    segment first. Rasters are read block by block: any size works.
+
+    \b
+    Examples:
+      geoseg evaluate water.tif truth.tif --truth-nodata none --background 0
+      geoseg evaluate --model water.geoseg scene.tif truth.tif --truth-nodata none -o eval/water
+    """
+    from geoseg.evaluate import (evaluate_model_on_raster, evaluate_rasters, format_scores, plot_confusion,
+                                 write_scores)
+    from geoseg.io import check_output_path, open_raster, parse_bands_option, read_class_names
+
+    from .areas import _parse_nodata
+
+    nd = _parse_nodata(truth_nodata)
+    ign = _ints(ignore)
+    if prefix:
+        for suffix in (".csv", ".json", "_confusion.png"):
+            check_output_path(str(prefix) + suffix, [prediction, truth], overwrite, "output")
+    quiet = ctx.obj["quiet"]
+    if model_path:
+        from geoseg.model import load_model
+        from geoseg.predict import PredictOptions
+        lm = load_model(model_path)
+        if background is not None:
+            from dataclasses import replace
+            lm.meta = replace(lm.meta, background=background)
+        with progress_bar("segmenting", quiet) as cb:
+            scores = evaluate_model_on_raster(lm, prediction, truth, PredictOptions(bands=parse_bands_option(bands)),
+                                              nd, ign, progress=cb)
+    else:
+        with open_raster(prediction) as p:
+            names = read_class_names(p)
+        if not names:
+            raise click.ClickException(f"{Path(prediction).name} does not name its classes; "
+                                       "pass --model to take them from a bundle")
+        ids = sorted(names)
+        scores = evaluate_rasters(prediction, truth, ids, [names[i] for i in ids], background, nd, ign)
+    if not quiet:
+        click.echo(format_scores(scores), err=True)
+    if prefix:
+        files = write_scores(scores, prefix)
+        files.append(plot_confusion(scores, str(prefix) + "_confusion.png", Path(prediction).name))
+        if not quiet:
+            for f in files:
+                click.echo(f"wrote {f}", err=True)
+    else:
+        import json
+        click.echo(json.dumps(scores.as_dict(), indent=2))
