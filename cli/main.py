@@ -18,6 +18,7 @@ from .demo import demo
 from .evaluate import evaluate
 from .info import info
 from .predict import predict
+from .tile import tile
 
 
 class _Group(click.Group):
@@ -68,6 +69,7 @@ cli.add_command(areas)
 cli.add_command(info)
 cli.add_command(demo)
 cli.add_command(evaluate)
+cli.add_command(tile)
 
 
 def _sigterm(signum, frame):

@@ -1,0 +1,115 @@
+"""geoseg tile"""
+
+from __future__ import annotations
+
+import click
+
+from .options import overwrite_opt
+from .progress import progress_bar
+
+
+def _floats3(text: str) -> tuple[float, float, float]:
+    try:
+        vals = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise click.BadParameter(f"expected TRAIN,VALID,TEST fractions like 0.7,0.15,0.15, got {text!r}",
+                                 param_hint="--split")
+    return vals  # type: ignore[return-value]
+
+
+def _rgb_map(spec: str | None):
+    """'#3C1098=0,#8429F6=1' or a config file with [mask] rgb_map."""
+    from pathlib import Path
+
+    from geoseg.config import _colour, load_config
+    from geoseg.errors import ConfigError
+    if spec is None:
+        return None, None
+    p = Path(spec)
+    if p.suffix.lower() in (".toml", ".ini", ".config") or p.exists():
+        cfg = load_config(p)
+        return cfg.mask.rgb_map, cfg.mask.ignore_index
+    out = {}
+    for item in spec.split(","):
+        k, sep, v = item.rpartition("=")
+        if not sep or not v.strip().isdigit():
+            raise ConfigError(f"--rgb-map: expected COLOUR=CLASS items like #3C1098=0, got {item!r}")
+        rgb = _colour(k.strip(), "--rgb-map")
+        if rgb in out:
+            raise ConfigError(f"--rgb-map: colour {k.strip()} is given twice")
+        out[rgb] = int(v)
+    return out, None
+
+
+@click.command(short_help="Cut training chips from rasters or image/mask folders.")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--image", "images", multiple=True, type=click.Path(), help="Image raster (repeat with --label).")
+@click.option("--label", "labels", multiple=True, type=click.Path(), help="Label raster of class indexes, same grid.")
+@click.option("--images", "image_dirs", multiple=True, type=click.Path(),
+              help="Folder of images (JPEG/PNG/TIFF); repeat, paired with --masks.")
+@click.option("--masks", "mask_dirs", multiple=True, type=click.Path(), help="Folder of colour masks (same names).")
+@click.option("--rgb-map", default=None, metavar="SPEC",
+              help="Colour -> class: '#3C1098=0,#8429F6=1' or a config file with [mask] rgb_map.")
+@click.option("--chip", type=int, default=256, show_default=True, help="Chip size (px).")
+@click.option("--stride", type=int, default=None, help="Step between chips (px) [default: the chip size].")
+@click.option("--split", "fractions", default="0.7,0.15,0.15", show_default=True,
+              help="Train,valid,test fractions of the sources.")
+@click.option("--valid", "valid_sources", multiple=True, metavar="GLOB",
+              help="Sources forced into valid (e.g. 'Tile 7/*'); then all others train.")
+@click.option("--test", "test_sources", multiple=True, metavar="GLOB", help="Sources forced into test.")
+@click.option("--regions", type=int, default=4, show_default=True,
+              help="Raster mode: regions per axis, the unit of the split.")
+@click.option("--label-nodata", default=None, metavar="VALUE|none", help="Override the label raster's nodata.")
+@click.option("--ignore-index", type=int, default=None, help="Mask value for unlabelled pixels [255].")
+@click.option("--min-valid", type=float, default=0.0, show_default=True,
+              help="Skip chips with a smaller labelled fraction.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the split order.")
+@overwrite_opt
+@click.pass_context
+def tile(ctx, out_dir, images, labels, image_dirs, mask_dirs, rgb_map, chip, stride, fractions, valid_sources,
+         test_sources, regions, label_nodata, ignore_index, min_valid, seed, overwrite):
+    """Cut image/mask chips into OUT_DIR/{train,valid,test}/{images,masks}, with
+    manifest.csv and stats.json. Splits are by source image (or raster region),
+    never by chip.
+
+    \b
+    Examples:
+      geoseg tile chips/ --image landsat.tif --label landcover.tif --chip 128 --label-nodata -99999
+      geoseg tile chips/ --images "Tile 1/images" --masks "Tile 1/masks" ... \\
+          --rgb-map dubai.toml --valid "Tile 7/*"
+    """
+    from geoseg.dataset import TileOptions, tile_folders, tile_rasters
+    from geoseg.errors import ConfigError
+
+    from .areas import _parse_nodata
+
+    if bool(images or labels) == bool(image_dirs or mask_dirs):
+        raise click.UsageError("give either --image/--label rasters or --images/--masks folders")
+    cmap, cfg_ignore = _rgb_map(rgb_map)
+    opts = TileOptions(chip=chip, stride=stride, fractions=_floats3(fractions), valid_sources=valid_sources,
+                       test_sources=test_sources, seed=seed,
+                       ignore_index=ignore_index if ignore_index is not None else (cfg_ignore or 255),
+                       min_valid=min_valid, regions=regions)
+    quiet = ctx.obj["quiet"]
+    with progress_bar("tiling", quiet) as cb:
+        if images:
+            if len(images) != len(labels):
+                raise ConfigError(f"{len(images)} --image but {len(labels)} --label")
+            rep = tile_rasters(list(zip(images, labels)), out_dir, opts, label_nodata=_parse_nodata(label_nodata),
+                               overwrite=overwrite, progress=cb)
+        else:
+            if not cmap:
+                raise ConfigError("colour masks need --rgb-map")
+            rep = tile_folders(image_dirs, mask_dirs, out_dir, cmap, opts, overwrite=overwrite, progress=cb)
+    if not quiet:
+        for s in ("train", "valid", "test"):
+            px = rep.class_pixels[s]
+            click.echo(f"{s:5s}: {rep.chips[s]:5d} chips from {len(rep.sources[s])} sources; class pixels "
+                       + ", ".join(f"{k}:{v:,}" for k, v in sorted(px.items())), err=True)
+        if rep.unmapped_colours:
+            top = sorted(rep.unmapped_colours.items(), key=lambda kv: -kv[1])[:5]
+            click.echo("unmapped colours (-> ignore): " + ", ".join(f"{k} {v:,} px" for k, v in top), err=True)
+        click.echo(f"skipped {rep.skipped_chips} chips without labels; wrote {out_dir}/manifest.csv, stats.json",
+                   err=True)

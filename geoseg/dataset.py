@@ -1,0 +1,418 @@
+"""Cutting training chips: from big georeferenced image/label rasters, or from
+image/mask folders whose masks are colour-coded.
+
+Both paths write the same layout::
+
+    OUT/train/images/<chip>.tif   OUT/train/masks/<chip>.tif
+    OUT/valid/...                 OUT/test/...
+    OUT/manifest.csv              one row per chip: split, source, paths, window, class pixels
+    OUT/stats.json                class pixels per split, unmapped colours, skipped chips
+
+* Reads are windowed: a label raster of any size never sits in memory whole.
+* Chips are never resized; the last chip of a row/column is shifted inward, and an
+  image smaller than a chip is reflect-padded (its mask padded with the ignore index).
+* Masks hold class indexes (uint8); pixels that are nodata in the label, or whose
+  colour is not in the colour map, get the ignore index (255 by default) and are
+  counted. Chips whose mask is all ignore are skipped.
+* Splits are by *source* (an image file, or a spatial region of a big raster), never
+  by chip: chips of one source are all on the same side. The assignment is
+  deterministic: explicit glob patterns first, then the remaining sources ordered by
+  a seeded hash and cut by the requested fractions.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, RasterError
+
+__all__ = ["TileOptions", "TileReport", "tile_rasters", "tile_folders", "colour_map_lut", "mask_to_classes",
+           "assign_splits", "chip_origins"]
+
+SPLITS = ("train", "valid", "test")
+IMAGE_EXT = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    chip: int = 256
+    stride: int | None = None            # default: chip (no overlap)
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    valid_sources: tuple[str, ...] = ()  # glob patterns on source names forced into valid
+    test_sources: tuple[str, ...] = ()
+    seed: int = 42
+    ignore_index: int = 255
+    min_valid: float = 0.0               # skip chips with a smaller labelled fraction (0 = any)
+    regions: int = 4                     # big-raster mode: regions per axis (the split unit)
+
+    def __post_init__(self) -> None:
+        if self.chip < 8:
+            raise ConfigError(f"chip size must be at least 8 px, got {self.chip}")
+        if self.stride is not None and not 0 < self.stride:
+            raise ConfigError(f"stride must be positive, got {self.stride}")
+        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+            raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {self.fractions}")
+        if not 0 <= self.min_valid <= 1:
+            raise ConfigError("min_valid must be in [0, 1]")
+        if self.regions < 1:
+            raise ConfigError("regions must be at least 1")
+
+
+@dataclass
+class TileReport:
+    out_dir: Path
+    chips: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
+    sources: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    class_pixels: dict[str, dict[int, int]] = field(default_factory=lambda: {s: {} for s in SPLITS})
+    ignored_pixels: int = 0
+    unmapped_colours: dict[str, int] = field(default_factory=dict)
+    skipped_chips: int = 0
+
+    def as_dict(self) -> dict:
+        return {"chips": self.chips, "sources": self.sources,
+                "class_pixels": {s: {str(k): v for k, v in sorted(d.items())} for s, d in self.class_pixels.items()},
+                "ignored_pixels": self.ignored_pixels, "unmapped_colours": self.unmapped_colours,
+                "skipped_chips": self.skipped_chips}
+
+
+def chip_origins(length: int, chip: int, stride: int) -> list[int]:
+    """Chip starts along one axis: every ``stride`` px, the last one shifted inward
+    so the chips cover the axis; one chip at 0 if the axis is shorter than a chip."""
+    if length <= chip:
+        return [0]
+    starts = list(range(0, length - chip + 1, stride))
+    if starts[-1] + chip < length:
+        starts.append(length - chip)
+    return starts
+
+
+def assign_splits(sources: Sequence[str], opts: TileOptions) -> dict[str, str]:
+    """Deterministic split per source name (patterns first, then seeded-hash order)."""
+    out: dict[str, str] = {}
+    for s in sources:
+        if any(fnmatch.fnmatch(s, p) for p in opts.test_sources):
+            out[s] = "test"
+        elif any(fnmatch.fnmatch(s, p) for p in opts.valid_sources):
+            out[s] = "valid"
+    rest = [s for s in sources if s not in out]
+    if opts.valid_sources or opts.test_sources:
+        # explicit held-out sets: everything else trains
+        out.update({s: "train" for s in rest})
+        return out
+    rest.sort(key=lambda s: hashlib.sha256(f"{opts.seed}:{s}".encode()).hexdigest())
+    n = len(rest)
+    n_train = round(n * opts.fractions[0])
+    n_valid = round(n * opts.fractions[1])
+    if n >= 3:  # keep every requested split non-empty when there are enough sources
+        n_train = max(1, min(n_train, n - (opts.fractions[1] > 0) - (opts.fractions[2] > 0)))
+        n_valid = max(int(opts.fractions[1] > 0), min(n_valid, n - n_train - (opts.fractions[2] > 0)))
+    for i, s in enumerate(rest):
+        out[s] = "train" if i < n_train else "valid" if i < n_train + n_valid else "test"
+    return out
+
+
+# ------------------------------------------------------------------ colour masks
+
+def colour_map_lut(rgb_map: dict[tuple[int, int, int], int]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted 24-bit colour codes and their classes (for :func:`mask_to_classes`)."""
+    if not rgb_map:
+        raise ConfigError("the colour map (mask.rgb_map) is empty")
+    codes = np.array([(r << 16) | (g << 8) | b for r, g, b in rgb_map], np.int64)
+    classes = np.array(list(rgb_map.values()), np.uint8)
+    order = np.argsort(codes)
+    return codes[order], classes[order]
+
+
+def mask_to_classes(rgb: np.ndarray, lut: tuple[np.ndarray, np.ndarray], ignore_index: int = 255
+                    ) -> tuple[np.ndarray, dict[int, int]]:
+    """(3, h, w) uint8 colours -> (h, w) class indexes; unmapped colours -> ignore.
+
+    Returns the class array and {24-bit colour: pixels} of the unmapped colours.
+    """
+    codes, classes = lut
+    code = (rgb[0].astype(np.int64) << 16) | (rgb[1].astype(np.int64) << 8) | rgb[2].astype(np.int64)
+    pos = np.searchsorted(codes, code)
+    pos_c = np.minimum(pos, len(codes) - 1)
+    hit = codes[pos_c] == code
+    out = np.where(hit, classes[pos_c], np.uint8(ignore_index)).astype(np.uint8)
+    unmapped: dict[int, int] = {}
+    if not hit.all():
+        u, n = np.unique(code[~hit], return_counts=True)
+        unmapped = {int(a): int(b) for a, b in zip(u, n)}
+    return out, unmapped
+
+
+def _read_rgb_mask(src) -> np.ndarray:
+    """A mask file as (3, h, w) uint8 colours: RGB(A) as is, palette through its colour table."""
+    if src.count >= 3:
+        return src.read([1, 2, 3])
+    band = src.read(1)
+    try:
+        cmap = src.colormap(1)
+    except ValueError:
+        cmap = None
+    if cmap:
+        lut = np.zeros((256, 3), np.uint8)
+        for k, v in cmap.items():
+            if 0 <= k < 256:
+                lut[k] = v[:3]
+        return np.moveaxis(lut[band], -1, 0)
+    return np.stack([band] * 3)  # grey mask: the grey level is the colour
+
+
+# ------------------------------------------------------------------ writing
+
+class _Writer:
+    def __init__(self, out_dir: Path, opts: TileOptions, overwrite: bool):
+        self.out = Path(out_dir)
+        if self.out.exists() and any(self.out.iterdir()) and not overwrite:
+            raise RasterError(f"output directory {self.out} is not empty (use --overwrite to add to it)")
+        if not self.out.parent.is_dir():
+            raise RasterError(f"parent directory does not exist: {self.out.parent}")
+        self.created_root = not self.out.exists()
+        self.written: list[Path] = []
+        self.made_dirs: list[Path] = []
+        for s in SPLITS:
+            for kind in ("images", "masks"):
+                d = self.out / s / kind
+                for q in (self.out, self.out / s, d):
+                    if not q.exists():
+                        self.made_dirs.append(q)
+                        q.mkdir()
+        self.opts = opts
+        self.report = TileReport(self.out)
+        self.rows: list[dict] = []
+
+    def add(self, split: str, source: str, name: str, image: np.ndarray, mask: np.ndarray, profile: dict,
+            transform, crs, row: int, col: int) -> None:
+        import rasterio  # noqa: PLC0415
+        ign = self.opts.ignore_index
+        labelled = mask != ign
+        frac = float(labelled.mean())
+        if not labelled.any() or frac < self.opts.min_valid:
+            self.report.skipped_chips += 1
+            return
+        img_path = self.out / split / "images" / f"{name}.tif"
+        msk_path = self.out / split / "masks" / f"{name}.tif"
+        self.written += [img_path, msk_path]
+        common = dict(driver="GTiff", width=image.shape[2], height=image.shape[1], crs=crs, transform=transform)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(img_path, "w", count=image.shape[0], dtype=image.dtype,
+                               nodata=profile.get("nodata"), compress="deflate", **common) as d:
+                d.write(image)
+            with rasterio.open(msk_path, "w", count=1, dtype="uint8", nodata=ign, compress="deflate", **common) as d:
+                d.write(mask, 1)
+        vals, counts = np.unique(mask[labelled], return_counts=True)
+        cp = self.report.class_pixels[split]
+        for v, c in zip(vals, counts):
+            cp[int(v)] = cp.get(int(v), 0) + int(c)
+        self.report.ignored_pixels += int((~labelled).sum())
+        self.report.chips[split] += 1
+        self.rows.append({"split": split, "source": source, "image": str(img_path.relative_to(self.out)),
+                          "mask": str(msk_path.relative_to(self.out)), "row": row, "col": col,
+                          "labelled_fraction": f"{frac:.4f}",
+                          "classes": " ".join(f"{int(v)}:{int(c)}" for v, c in zip(vals, counts))})
+
+    def abort(self) -> None:
+        """Remove what this run wrote (an error must not leave a half data set)."""
+        import shutil  # noqa: PLC0415
+        if self.created_root:
+            shutil.rmtree(self.out, ignore_errors=True)
+            return
+        for p in self.written:
+            p.unlink(missing_ok=True)
+        for d in reversed(self.made_dirs):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+    def finish(self, splits: dict[str, str]) -> TileReport:
+        for src, sp in sorted(splits.items()):
+            self.report.sources[sp].append(src)
+        with open(self.out / "manifest.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["split", "source", "image", "mask", "row", "col",
+                                              "labelled_fraction", "classes"], lineterminator="\n")
+            w.writeheader()
+            w.writerows(self.rows)
+        (self.out / "stats.json").write_text(json.dumps(self.report.as_dict(), indent=2) + "\n")
+        return self.report
+
+
+def _pad(a: np.ndarray, h: int, w: int, value=None) -> np.ndarray:
+    ph, pw = h - a.shape[-2], w - a.shape[-1]
+    if ph <= 0 and pw <= 0:
+        return a
+    widths = [(0, 0)] * (a.ndim - 2) + [(0, max(ph, 0)), (0, max(pw, 0))]
+    if value is None:
+        return np.pad(a, widths, mode="reflect")
+    return np.pad(a, widths, constant_values=value)
+
+
+# ------------------------------------------------------------------ big rasters
+
+def tile_rasters(pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]], out_dir: str | os.PathLike,
+                 opts: TileOptions = TileOptions(), *, label_nodata: float | None | str = "auto",
+                 overwrite: bool = False, progress=None) -> TileReport:
+    """Chips from georeferenced image + label rasters (label values = class indexes).
+
+    Each raster is cut into ``opts.regions`` x ``opts.regions`` regions, the unit of
+    the split (named ``IMAGE#rRcC``); chips never cross a region boundary.
+    """
+    import rasterio  # noqa: PLC0415
+    from rasterio.windows import Window, transform as wtransform  # noqa: PLC0415
+
+    from .evaluate import _same_grid  # noqa: PLC0415
+    from .io import open_raster  # noqa: PLC0415
+
+    stride = opts.stride or opts.chip
+    plans = []
+    for img_path, lab_path in pairs:
+        with open_raster(img_path) as img, open_raster(lab_path) as lab:
+            try:
+                _same_grid(img, lab)
+            except RasterError as e:
+                raise RasterError(f"{Path(img_path).name} / {Path(lab_path).name}: {e}") from None
+            h, w = img.height, img.width
+        n = opts.regions
+        rb = [round(i * h / n) for i in range(n + 1)]
+        cb = [round(i * w / n) for i in range(n + 1)]
+        for i in range(n):
+            for j in range(n):
+                if rb[i + 1] > rb[i] and cb[j + 1] > cb[j]:
+                    plans.append((img_path, lab_path, f"{Path(img_path).name}#r{i}c{j}",
+                                  (rb[i], rb[i + 1], cb[j], cb[j + 1])))
+    splits = assign_splits([p[2] for p in plans], opts)
+    writer = _Writer(Path(out_dir), opts, overwrite)
+    try:
+        _cut_rasters(plans, splits, writer, opts, stride, label_nodata, progress)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish(splits)
+
+
+def _cut_rasters(plans, splits, writer, opts, stride, label_nodata, progress) -> None:
+    from rasterio.windows import Window, transform as wtransform  # noqa: PLC0415
+
+    from .io import open_raster  # noqa: PLC0415
+    for k, (img_path, lab_path, source, (r0, r1, c0, c1)) in enumerate(plans):
+        with open_raster(img_path) as img, open_raster(lab_path) as lab:
+            nd = lab.nodata if label_nodata == "auto" else label_nodata
+            for rr in chip_origins(r1 - r0, opts.chip, stride):
+                for cc in chip_origins(c1 - c0, opts.chip, stride):
+                    row, col = r0 + rr, c0 + cc
+                    hh, ww = min(opts.chip, r1 - row), min(opts.chip, c1 - col)
+                    win = Window(col, row, ww, hh)
+                    image = img.read(window=win)
+                    label = lab.read(1, window=win)
+                    valid = np.ones(label.shape, bool)
+                    if nd is not None:
+                        valid &= label != nd
+                    if np.issubdtype(label.dtype, np.floating):
+                        valid &= np.isfinite(label)
+                    valid &= np.any(img.read_masks(window=win) > 0, axis=0)  # image nodata: no label
+                    bad = valid & ((label < 0) | (label > 254))
+                    if bad.any():
+                        raise RasterError(f"{Path(lab_path).name}: label value {label[bad][0]} is not a class "
+                                          "index 0..254 (set --label-nodata?)")
+                    mask = np.where(valid, label, opts.ignore_index).astype(np.uint8)
+                    image = _pad(image, opts.chip, opts.chip)
+                    mask = _pad(mask, opts.chip, opts.chip, opts.ignore_index)
+                    name = f"{Path(img_path).stem}_r{row}_c{col}"
+                    writer.add(splits[source], source, name, image, mask, {"nodata": img.nodata},
+                               wtransform(win, img.transform), img.crs, row, col)
+        if progress:
+            progress(k + 1, len(plans))
+
+
+# ------------------------------------------------------------------ folders
+
+def find_pairs(image_dirs: Iterable[str | os.PathLike], mask_dirs: Iterable[str | os.PathLike],
+               root: str | os.PathLike | None = None) -> list[tuple[str, Path, Path]]:
+    """(source name, image file, mask file) pairs matched by file stem, per directory pair."""
+    image_dirs, mask_dirs = [Path(d) for d in image_dirs], [Path(d) for d in mask_dirs]
+    if len(image_dirs) != len(mask_dirs):
+        raise ConfigError(f"{len(image_dirs)} image folders but {len(mask_dirs)} mask folders")
+    if not image_dirs:
+        raise ConfigError("no image folders given")
+    out = []
+    for idir, mdir in zip(image_dirs, mask_dirs):
+        for d in (idir, mdir):
+            if not d.is_dir():
+                raise ConfigError(f"folder not found: {d}")
+        masks = {p.stem: p for p in mdir.iterdir() if p.suffix.lower() in IMAGE_EXT}
+        images = sorted(p for p in idir.iterdir() if p.suffix.lower() in IMAGE_EXT)
+        if not images:
+            raise ConfigError(f"no images (.tif .png .jpg) in {idir}")
+        for p in images:
+            if p.stem not in masks:
+                raise ConfigError(f"no mask for {p.name} in {mdir}")
+            name = str(p.relative_to(root)) if root else f"{idir.parent.name}/{idir.name}/{p.name}"
+            out.append((name, p, masks[p.stem]))
+    return out
+
+
+def tile_folders(image_dirs: Sequence[str | os.PathLike], mask_dirs: Sequence[str | os.PathLike],
+                 out_dir: str | os.PathLike, rgb_map: dict[tuple[int, int, int], int],
+                 opts: TileOptions = TileOptions(), *, overwrite: bool = False, progress=None) -> TileReport:
+    """Chips from image/mask folders with colour-coded masks (JPEG/PNG/TIFF, palette
+    PNGs included); each image file is a source for the split."""
+    import rasterio  # noqa: PLC0415
+
+    lut = colour_map_lut(rgb_map)
+    pairs = find_pairs(image_dirs, mask_dirs)
+    splits = assign_splits([p[0] for p in pairs], opts)
+    writer = _Writer(Path(out_dir), opts, overwrite)
+    try:
+        _cut_folders(pairs, splits, writer, opts, lut, progress)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish(splits)
+
+
+def _cut_folders(pairs, splits, writer, opts, lut, progress) -> None:
+    import rasterio  # noqa: PLC0415
+    from rasterio.windows import Window, transform as wtransform  # noqa: PLC0415
+    stride = opts.stride or opts.chip
+    for k, (source, ip, mp) in enumerate(pairs):
+        with warnings.catch_warnings(), rasterio.Env():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            try:
+                with rasterio.open(ip) as si, rasterio.open(mp) as sm:
+                    if (si.width, si.height) != (sm.width, sm.height):
+                        raise RasterError(f"{ip.name} is {si.width} x {si.height} but its mask is "
+                                          f"{sm.width} x {sm.height}")
+                    image = si.read()
+                    rgb = _read_rgb_mask(sm)
+                    crs, transform = si.crs, si.transform
+            except rasterio.errors.RasterioIOError as e:
+                raise RasterError(f"cannot read {ip.name} or its mask: {str(e).splitlines()[0]}") from None
+        mask, unmapped = mask_to_classes(rgb, lut, opts.ignore_index)
+        for code, n in unmapped.items():
+            key = "#%06X" % code
+            writer.report.unmapped_colours[key] = writer.report.unmapped_colours.get(key, 0) + n
+        h, w = mask.shape
+        georef = crs is not None and not transform.is_identity
+        for row in chip_origins(h, opts.chip, stride):
+            for col in chip_origins(w, opts.chip, stride):
+                ci = _pad(image[:, row:row + opts.chip, col:col + opts.chip], opts.chip, opts.chip)
+                cm = _pad(mask[row:row + opts.chip, col:col + opts.chip], opts.chip, opts.chip, opts.ignore_index)
+                t = wtransform(Window(col, row, opts.chip, opts.chip), transform) if georef else None
+                safe = source.replace("/", "_").replace(" ", "_").rsplit(".", 1)[0]
+                writer.add(splits[source], source, f"{safe}_r{row}_c{col}", ci, cm, {}, t, crs if georef else None,
+                           row, col)
+        if progress:
+            progress(k + 1, len(pairs))
