@@ -19,6 +19,7 @@ from .evaluate import evaluate
 from .info import info
 from .predict import predict
 from .tile import tile
+from .train import train
 
 
 class _Group(click.Group):
@@ -70,6 +71,7 @@ cli.add_command(info)
 cli.add_command(demo)
 cli.add_command(evaluate)
 cli.add_command(tile)
+cli.add_command(train)
 
 
 def _sigterm(signum, frame):

@@ -99,6 +99,18 @@ class TrainConfig:
     epoch_change_tiledinfer_dir: str = "./epoch_change_tiledinfer"
     num_infer_images: int = 1
     seed: int = 137
+    # geoseg additions (bundle metadata and data handling)
+    output: str = ""                        # bundle path (default: model_dir/model.geoseg)
+    bands: tuple[str, ...] = ()             # input band names (default b1..bN)
+    scale: float = 0.0                      # DN -> model scale (0: 1/255 for 8-bit, 1e-4 for 16-bit, else 1)
+    offset: float = 0.0
+    class_names: tuple[str, ...] = ()
+    class_colors: tuple[str, ...] = ()      # "#RRGGBB" per class (default: a palette)
+    background: int = 0                     # left out of the headline means (-1: none)
+    class_weights: tuple[float, ...] = ()
+    augment: bool = True
+    tile_size: int = 256                    # recommended inference window for the bundle
+    overlap: int = 32
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "num_infer_images")

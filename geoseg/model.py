@@ -207,3 +207,63 @@ def make_forward(model: Any, tile: int, n_bands: int, head: str = "softmax") -> 
     def run_softmax(x: np.ndarray) -> np.ndarray:
         return run(x).astype(np.float32, copy=False)
     return run_softmax
+
+
+#: keras.applications encoders: constructor name and the layers whose outputs feed
+#: the decoder, from 1/2 to 1/16 resolution, then the 1/32 bottleneck.
+BACKBONES = {
+    "resnet50": ("ResNet50", ["conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"],
+                 "conv5_block3_out"),
+    "efficientnetb0": ("EfficientNetB0", ["block2a_expand_activation", "block3a_expand_activation",
+                                          "block4a_expand_activation", "block6a_expand_activation"],
+                       "top_activation"),
+    "mobilenetv2": ("MobileNetV2", ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
+                                    "block_13_expand_relu"], "out_relu"),
+}
+
+
+def build_backbone_unet(backbone: str, n_classes: int, n_bands: int, *, weights: str = "none",
+                        head: str = "softmax", decoder_filters=(256, 128, 64, 32, 16), dropout_rate: float = 0.0):
+    """A UNet whose encoder is a keras.applications network.
+
+    ``weights``: ``"none"`` (random), ``"imagenet"`` (3 bands; Keras must find the
+    file in its cache, nothing is downloaded by the tests) or a path to a weights
+    file for the encoder. Inputs must be multiples of 32 px.
+    """
+    keras = keras_module()
+    L = keras.layers
+    key = backbone.lower()
+    if key not in BACKBONES:
+        raise ModelError(f"unknown encoder {backbone!r}; known: flexunet, {', '.join(BACKBONES)}")
+    ctor_name, skip_names, bottom = BACKBONES[key]
+    if weights == "imagenet" and n_bands != 3:
+        raise ModelError("ImageNet encoder weights need 3 input bands")
+    inputs = keras.Input((None, None, n_bands), name="image")
+    ctor = getattr(keras.applications, ctor_name)
+    w = "imagenet" if weights == "imagenet" else None
+    kwargs = {"include_top": False, "weights": w, "input_tensor": inputs}
+    try:
+        enc = ctor(**kwargs)
+    except Exception as e:  # noqa: BLE001  (a download attempt offline, a bad file, ...)
+        raise ModelError(f"cannot build the {ctor_name} encoder with weights={weights}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if weights not in ("none", "imagenet", "", None):
+        try:
+            enc.load_weights(weights)
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"cannot load encoder weights {weights}: {str(e).splitlines()[0]}") from None
+    x = enc.get_layer(bottom).output
+    skips = [enc.get_layer(n).output for n in reversed(skip_names)]
+    for i, f in enumerate(decoder_filters):
+        x = L.UpSampling2D(2, name=f"dec{i}_up")(x)
+        if i < len(skips):
+            x = L.Concatenate(name=f"dec{i}_cat")([x, skips[i]])
+        for j in range(2):
+            x = L.Conv2D(f, 3, padding="same", use_bias=False, name=f"dec{i}_conv{j}")(x)
+            x = L.BatchNormalization(name=f"dec{i}_bn{j}")(x)
+            x = L.Activation("relu", name=f"dec{i}_relu{j}")(x)
+        if dropout_rate > 0 and i == 0:
+            x = L.Dropout(dropout_rate, name="dec_drop")(x)
+    n_out = 1 if head == "sigmoid" else n_classes
+    outputs = L.Conv2D(n_out, 1, activation=head, dtype="float32", name="head")(x)
+    return keras.Model(inputs, outputs, name=f"{key}_unet")

@@ -18,7 +18,8 @@ import numpy as np
 from .bundle import ClassInfo, InputSpec, ModelMeta
 from .errors import ConfigError
 
-__all__ = ["TrainResult", "train_on_raster", "iou_scores"]
+__all__ = ["TrainResult", "train_on_raster", "iou_scores", "train", "WorkflowResult", "make_loss",
+           "make_confusion_metric", "make_dataset", "list_chips", "plot_curves"]
 
 
 @dataclass
@@ -124,3 +125,404 @@ def train_on_raster(image_path: str | os.PathLike, label_path: str | os.PathLike
                     "train_seconds": round(seconds, 1)},
     )
     return TrainResult(meta, model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}, seconds)
+
+
+# ====================================================================== full workflow
+
+_PALETTE = ["#000000", "#E6194B", "#3CB44B", "#FFE119", "#4363D8", "#F58231", "#911EB4", "#46F0F0",
+            "#F032E6", "#BCF60C", "#FABEBE", "#008080", "#E6BEFF", "#9A6324", "#800000", "#AAFFC3"]
+
+
+def list_chips(image_dir: str | os.PathLike, mask_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """(image, mask) file pairs matched by file stem."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from .dataset import IMAGE_EXT  # noqa: PLC0415
+    idir, mdir = Path(image_dir), Path(mask_dir)
+    for d, what in ((idir, "image"), (mdir, "mask")):
+        if not d.is_dir():
+            raise ConfigError(f"{what} folder not found: {d}")
+    masks = {p.stem: p for p in mdir.iterdir() if p.suffix.lower() in IMAGE_EXT}
+    pairs = []
+    for p in sorted(idir.iterdir()):
+        if p.suffix.lower() not in IMAGE_EXT:
+            continue
+        if p.stem not in masks:
+            raise ConfigError(f"no mask for {p.name} in {mdir}")
+        pairs.append((str(p), str(masks[p.stem])))
+    if not pairs:
+        raise ConfigError(f"no chips (.tif .png .jpg) in {idir}")
+    return pairs
+
+
+def _read_chip(image_path: str, mask_path: str, lut, ignore: int) -> tuple[np.ndarray, np.ndarray]:
+    import warnings  # noqa: PLC0415
+
+    import rasterio  # noqa: PLC0415
+
+    from .dataset import _read_rgb_mask, mask_to_classes  # noqa: PLC0415
+    with warnings.catch_warnings(), rasterio.Env():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(image_path) as s:
+            x = s.read()
+        with rasterio.open(mask_path) as m:
+            if lut is not None and (m.count >= 3 or _has_palette(m)):
+                y, _ = mask_to_classes(_read_rgb_mask(m), lut, ignore)  # colour masks, seed style
+            else:
+                y = m.read(1)  # class-index masks (geoseg tile)
+    return x, y
+
+
+def _has_palette(src) -> bool:
+    try:
+        return bool(src.colormap(1))
+    except ValueError:
+        return False
+
+
+@dataclass
+class ChipStats:
+    dtype: str
+    n_bands: int
+    mean: np.ndarray
+    std: np.ndarray
+    class_pixels: np.ndarray
+
+
+def chip_statistics(pairs, lut, ignore: int, n_classes: int, scale: float, offset: float,
+                    sample: int = 200, seed: int = 0) -> ChipStats:
+    """Per-band mean/std (after scaling) and class pixel counts from a sample of chips."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(pairs))[:sample]
+    s1 = s2 = None
+    n = 0
+    counts = np.zeros(n_classes, np.int64)
+    dtype = None
+    for i in idx:
+        x, y = _read_chip(*pairs[i], lut, ignore)
+        dtype = dtype or str(x.dtype)
+        xf = (x.astype(np.float64) + offset) * scale
+        s1 = xf.sum(axis=(1, 2)) if s1 is None else s1 + xf.sum(axis=(1, 2))
+        s2 = (xf ** 2).sum(axis=(1, 2)) if s2 is None else s2 + (xf ** 2).sum(axis=(1, 2))
+        n += x.shape[1] * x.shape[2]
+        v = y[y != ignore]
+        if v.size and v.max() >= n_classes:
+            raise ConfigError(f"mask {os.path.basename(pairs[i][1])} holds class {int(v.max())} but "
+                              f"model.num_classes is {n_classes}")
+        counts += np.bincount(v, minlength=n_classes)[:n_classes]
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 1e-12))
+    return ChipStats(dtype or "uint8", len(mean), mean, std, counts)
+
+
+def make_dataset(pairs, *, lut, ignore: int, gain: np.ndarray, bias: np.ndarray, batch_size: int,
+                 shuffle: bool, augment: bool, seed: int, chip_hw: tuple[int, int]):
+    """A tf.data pipeline that streams chips from disk (parallel reads, prefetch):
+    random flips / 90° rotations on image and mask alike, brightness/contrast on the
+    image only."""
+    import tensorflow as tf  # noqa: PLC0415  (geoseg.model has loaded it)
+
+    paths_i = [p[0] for p in pairs]
+    paths_m = [p[1] for p in pairs]
+    n_bands = len(gain)
+    h, w = chip_hw
+
+    def load(i):
+        i = int(i)
+        x, y = _read_chip(paths_i[i], paths_m[i], lut, ignore)
+        x = np.moveaxis(x.astype(np.float32), 0, -1) * gain + bias
+        return x.astype(np.float32), y.astype(np.int32)
+
+    def tf_load(i):
+        x, y = tf.numpy_function(load, [i], [tf.float32, tf.int32])
+        x.set_shape([h, w, n_bands])
+        y.set_shape([h, w])
+        return x, y
+
+    def aug(x, y):
+        y = y[..., None]
+        k = tf.random.uniform([], 0, 4, dtype=tf.int32)
+        x, y = tf.image.rot90(x, k), tf.image.rot90(y, k)
+        flip = tf.random.uniform([]) < 0.5
+        x = tf.cond(flip, lambda: tf.image.flip_left_right(x), lambda: x)
+        y = tf.cond(flip, lambda: tf.image.flip_left_right(y), lambda: y)
+        # brightness / contrast on the (normalised) image only
+        x = x * tf.random.uniform([], 0.85, 1.15) + tf.random.uniform([], -0.2, 0.2)
+        return x, y[..., 0]
+
+    ds = tf.data.Dataset.range(len(pairs))
+    if shuffle:
+        ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    if augment:
+        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def make_loss(name: str, n_classes: int, ignore: int, class_weights=(), head: str = "softmax"):
+    """Loss over valid (non-ignore) pixels: categorical_crossentropy, dice, ce_dice, focal;
+    with a sigmoid head: binary_crossentropy, dice, bce_dice."""
+    from .model import keras_module  # noqa: PLC0415
+    keras = keras_module()
+    ops = keras.ops
+    known = ("categorical_crossentropy", "dice", "ce_dice", "focal", "binary_crossentropy", "bce_dice")
+    if name not in known:
+        raise ConfigError(f"model.loss must be one of {', '.join(known)}; got {name!r}")
+    cw = ops.convert_to_tensor(np.asarray(class_weights if class_weights else [1.0] * n_classes, np.float32))
+    eps = 1e-6
+
+    def probs_and_onehot(y_true, y_pred):
+        y = ops.cast(y_true, "int32")
+        valid = ops.cast(ops.not_equal(y, ignore), "float32")
+        yc = ops.where(ops.equal(y, ignore), ops.zeros_like(y), y)
+        if head == "sigmoid":
+            p1 = ops.clip(y_pred[..., 0], eps, 1 - eps)
+            p = ops.stack([1 - p1, p1], axis=-1)
+        else:
+            p = ops.clip(y_pred, eps, 1.0)
+        return p, ops.one_hot(yc, n_classes), valid
+
+    def ce(p, oh, valid, gamma=0.0):
+        pt = ops.sum(p * oh, axis=-1)
+        wpx = ops.sum(oh * cw, axis=-1) * valid
+        term = -ops.log(pt)
+        if gamma:
+            term = term * ops.power(1.0 - pt, gamma)
+        return ops.sum(term * wpx) / (ops.sum(wpx) + eps)
+
+    def dice(p, oh, valid):
+        v = valid[..., None]
+        inter = ops.sum(p * oh * v, axis=(0, 1, 2))
+        denom = ops.sum((p + oh) * v, axis=(0, 1, 2))
+        d = (2 * inter + 1.0) / (denom + 1.0)
+        if head == "sigmoid":
+            return 1.0 - d[1]  # the positive class
+        return 1.0 - ops.mean(d)
+
+    def loss(y_true, y_pred):
+        p, oh, valid = probs_and_onehot(y_true, y_pred)
+        if name in ("categorical_crossentropy", "binary_crossentropy"):
+            return ce(p, oh, valid)
+        if name == "dice":
+            return dice(p, oh, valid)
+        if name in ("ce_dice", "bce_dice"):
+            return ce(p, oh, valid) + dice(p, oh, valid)
+        return ce(p, oh, valid, gamma=2.0)  # focal
+
+    loss.__name__ = name
+    return loss
+
+
+def make_confusion_metric(n_classes: int, ignore: int, background: int | None, head: str = "softmax"):
+    """A Keras metric accumulating the confusion matrix; reports mean IoU without the
+    background (``mean_iou``); per-class IoU/Dice are computed at epoch end from it."""
+    from .model import keras_module  # noqa: PLC0415
+    keras = keras_module()
+    ops = keras.ops
+    keep = [k for k in range(n_classes) if k != background]
+
+    class ConfusionIoU(keras.metrics.Metric):
+        def __init__(self, name="mean_iou", **kw):
+            super().__init__(name=name, **kw)
+            self.cm = self.add_variable(shape=(n_classes, n_classes), initializer="zeros", dtype="float32",
+                                        name="cm")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            y = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+            if head == "sigmoid":
+                pr = ops.cast(ops.reshape(y_pred[..., 0], (-1,)) > 0.5, "int32")
+            else:
+                pr = ops.reshape(ops.argmax(y_pred, axis=-1), (-1,))
+            valid = ops.not_equal(y, ignore)
+            idx = ops.where(valid, y * n_classes + ops.cast(pr, "int32"), n_classes * n_classes)
+            counts = ops.bincount(idx, minlength=n_classes * n_classes + 1)[: n_classes * n_classes]
+            self.cm.assign_add(ops.reshape(ops.cast(counts, "float32"), (n_classes, n_classes)))
+
+        def result(self):
+            tp = ops.diagonal(self.cm)
+            denom = ops.sum(self.cm, axis=0) + ops.sum(self.cm, axis=1) - tp
+            iou = tp / ops.maximum(denom, 1.0)
+            present = ops.cast(denom > 0, "float32")
+            sel = ops.take(iou * present, keep)
+            return ops.sum(sel) / ops.maximum(ops.sum(ops.take(present, keep)), 1.0)
+
+        def reset_state(self):
+            self.cm.assign(ops.zeros((n_classes, n_classes)))
+
+        def matrix(self) -> np.ndarray:
+            return np.asarray(self.cm.numpy() if hasattr(self.cm, "numpy") else self.cm).astype(np.int64)
+
+    return ConfusionIoU()
+
+
+@dataclass
+class WorkflowResult:
+    bundle: str
+    history: dict
+    val_scores: object            # geoseg.evaluate.Scores on the validation chips
+    seconds: float
+
+
+def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> WorkflowResult:
+    """``geoseg train``: chips from ``[train]``/``[eval]`` folders -> a model bundle.
+
+    Writes into ``train.model_dir``: ``best.keras`` (best validation mean IoU),
+    ``history.csv`` (losses and metrics per epoch), ``training_curves.png``,
+    ``backup/`` (resumes an interrupted run), and the ``.geoseg`` bundle with
+    classes, scaling, tile size and validation metrics.
+    """
+    import time  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from .bundle import ClassInfo, InputSpec, ModelMeta  # noqa: PLC0415
+    from .config import config_to_toml  # noqa: PLC0415
+    from .dataset import colour_map_lut  # noqa: PLC0415
+    from .evaluate import scores_from_confusion  # noqa: PLC0415
+    from .model import build_backbone_unet, build_unet, keras_module, save_model  # noqa: PLC0415
+
+    keras = keras_module()
+    m, t = cfg.model, cfg.train
+    k = m.num_classes
+    ignore = cfg.mask.ignore_index
+    bg = None if t.background < 0 else t.background
+    if bg is not None and bg >= k:
+        raise ConfigError(f"train.background {bg} is not a class (num_classes = {k})")
+    lut = colour_map_lut(cfg.mask.rgb_map) if cfg.mask.rgb_map else None
+    if not t.image_datapath or not t.mask_datapath:
+        raise ConfigError("train.image_datapath and train.mask_datapath are required")
+    train_pairs = list_chips(t.image_datapath, t.mask_datapath)
+    if cfg.eval.image_datapath:
+        val_pairs = list_chips(cfg.eval.image_datapath, cfg.eval.mask_datapath)
+    else:
+        raise ConfigError("[eval] image_datapath and mask_datapath are required (validation chips)")
+    out_dir = Path(t.model_dir)
+    bundle = Path(t.output) if t.output else out_dir / "model.geoseg"
+    if bundle.exists() and not overwrite:
+        raise ConfigError(f"model exists: {bundle} (use --overwrite)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for what, n in (("class_names", len(t.class_names)), ("class_colors", len(t.class_colors)),
+                    ("class_weights", len(t.class_weights))):
+        if n and n != k:
+            raise ConfigError(f"train.{what} has {n} entries but model.num_classes is {k}")
+    x0, _ = _read_chip(*train_pairs[0], lut, ignore)
+    n_bands = x0.shape[0]
+    if n_bands != m.image_channels:
+        raise ConfigError(f"chips have {n_bands} bands but model.image_channels is {m.image_channels}")
+    if x0.shape[1:] != (m.image_height, m.image_width):
+        raise ConfigError(f"chips are {x0.shape[2]} x {x0.shape[1]} px but model.image_width/height are "
+                          f"{m.image_width} x {m.image_height}")
+    scale = t.scale or (1 / 255 if x0.dtype == np.uint8 else 1e-4 if x0.dtype == np.uint16 else 1.0)
+    stats = chip_statistics(train_pairs, lut, ignore, k, scale, t.offset, seed=t.seed)
+    gain = (scale / stats.std).astype(np.float32)
+    bias = ((t.offset * scale - stats.mean) / stats.std).astype(np.float32)
+    keras.utils.set_random_seed(t.seed)
+    kw = dict(lut=lut, ignore=ignore, gain=gain, bias=bias, batch_size=t.batch_size, seed=t.seed,
+              chip_hw=(m.image_height, m.image_width))
+    ds_train = make_dataset(train_pairs, shuffle=True, augment=t.augment, **kw)
+    ds_val = make_dataset(val_pairs, shuffle=False, augment=False, **kw)
+    if m.model == "flexunet":
+        net = build_unet(k, n_bands, base_filters=m.base_filters, base_kernels=m.base_kernels[0],
+                         num_layers=m.num_layers, dropout_rate=m.dropout_rate, dilation=m.dilation[0],
+                         batch_norm=m.batch_norm, head=m.head)
+        multiple = 2 ** (m.num_layers - 1)
+    else:
+        net = build_backbone_unet(m.model, k, n_bands, weights=m.encoder_weights, head=m.head,
+                                  dropout_rate=m.dropout_rate)
+        multiple = 32
+    if m.show_summary:
+        net.summary()
+    metric = make_confusion_metric(k, ignore, bg, m.head)
+    opt = keras.optimizers.Adam(m.learning_rate, clipvalue=m.clipvalue) if m.clipvalue else \
+        keras.optimizers.Adam(m.learning_rate)
+    net.compile(optimizer=opt, loss=make_loss(m.loss, k, ignore, t.class_weights, m.head), metrics=[metric])
+    cbs = [keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
+           keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor="val_mean_iou", mode="max",
+                                           save_best_only=True),
+           keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+           keras.callbacks.EarlyStopping(monitor="val_mean_iou", mode="max", patience=t.patience,
+                                         restore_best_weights=True) if t.patience > 0 else None,
+           keras.callbacks.ReduceLROnPlateau(monitor="val_mean_iou", mode="max", factor=t.reducer_factor,
+                                             patience=t.reducer_patience, min_lr=1e-7)
+           if t.learning_rate_reducer else None,
+           _CurvesCallback(keras, out_dir / "training_curves.png")]
+    cbs = [c for c in cbs if c is not None]
+    (out_dir / "config.toml").write_text(config_to_toml(cfg))
+    t0 = time.perf_counter()
+    hist = net.fit(ds_train, validation_data=ds_val, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
+                   validation_steps=t.validation_steps, callbacks=cbs, verbose=verbose)
+    seconds = time.perf_counter() - t0
+    # final validation confusion matrix with the kept (best) weights
+    metric.reset_state()
+    for xb, yb in ds_val:
+        metric.update_state(yb, net(xb, training=False))
+    names = list(t.class_names) or [f"class_{i}" for i in range(k)]
+    scores = scores_from_confusion(metric.matrix(), list(range(k)), names, bg)
+    colors = list(t.class_colors) or [_PALETTE[i % len(_PALETTE)] for i in range(k)]
+    bands = tuple(t.bands) or tuple(f"b{i + 1}" for i in range(n_bands))
+    if len(bands) != n_bands:
+        raise ConfigError(f"train.bands names {len(bands)} bands but the chips have {n_bands}")
+    import keras as _k  # noqa: PLC0415
+    meta = ModelMeta(
+        name=bundle.stem, classes=tuple(ClassInfo(i, names[i], colors[i].upper()) for i in range(k)),
+        input=InputSpec(bands, (float(t.offset),) * n_bands, (float(scale),) * n_bands,
+                        tuple(float(v) for v in stats.mean), tuple(float(v) for v in stats.std)),
+        tile_size=max(multiple, (t.tile_size // multiple) * multiple), overlap=t.overlap,
+        tile_multiple=multiple, head=m.head, background=bg,
+        architecture={"type": m.model, "base_filters": m.base_filters, "base_kernels": list(m.base_kernels),
+                      "num_layers": m.num_layers, "dropout_rate": m.dropout_rate, "dilation": list(m.dilation),
+                      "batch_norm": m.batch_norm, "encoder_weights": m.encoder_weights},
+        provenance={"train_chips": len(train_pairs), "valid_chips": len(val_pairs),
+                    "train_images": t.image_datapath, "valid_images": cfg.eval.image_datapath,
+                    "epochs_run": len(hist.history.get("loss", [])), "loss": m.loss,
+                    "learning_rate": m.learning_rate, "batch_size": t.batch_size, "seed": t.seed,
+                    "keras": _k.__version__, "backend": _k.backend.backend(), "train_seconds": round(seconds, 1)},
+        metrics={"validation": {"mean_iou_excluding_background": _r(scores.mean_iou),
+                                "mean_dice_excluding_background": _r(scores.mean_dice),
+                                "overall_accuracy": _r(scores.overall_accuracy),
+                                "per_class_iou": {names[i]: _r(v) for i, v in enumerate(scores.iou)},
+                                "per_class_dice": {names[i]: _r(v) for i, v in enumerate(scores.dice)}}},
+    )
+    save_model(bundle, net, meta)
+    return WorkflowResult(str(bundle), {kk: [float(v) for v in vv] for kk, vv in hist.history.items()}, scores,
+                          seconds)
+
+
+def _r(v) -> float | None:
+    import math  # noqa: PLC0415
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
+
+
+def _CurvesCallback(keras, path):  # noqa: N802  (a factory: keras is imported lazily)
+    class Curves(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.hist: dict[str, list[float]] = {}
+
+        def on_epoch_end(self, epoch, logs=None):
+            for key, v in (logs or {}).items():
+                self.hist.setdefault(key, []).append(float(v))
+            plot_curves(self.hist, path)
+
+    return Curves()
+
+
+def plot_curves(hist: dict, path) -> None:
+    """Loss and mean IoU per epoch (train and validation) as a PNG."""
+    import warnings  # noqa: PLC0415
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unable to import Axes3D")
+        import matplotlib  # noqa: PLC0415
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    for ax, key in zip(axes, ("loss", "mean_iou")):
+        for k2, style in ((key, "-"), ("val_" + key, "--")):
+            if k2 in hist:
+                ax.plot(range(1, len(hist[k2]) + 1), hist[k2], style, label=k2)
+        ax.set_xlabel("epoch")
+        ax.set_title(key + (" (excl. background)" if key == "mean_iou" else ""))
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,120 @@
+"""The training workflow: a tiny real run, losses and metrics, bad configs."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geoseg.config import load_config
+from geoseg.dataset import TileOptions, tile_rasters
+from geoseg.demo import SCENE, TRUTH
+from geoseg.errors import ConfigError
+from geoseg_cli.main import cli
+
+CONFIG = """\
+[model]
+image_width = 64
+image_height = 64
+image_channels = 6
+num_classes = 2
+base_filters = 4
+num_layers = 3
+loss = "ce_dice"
+learning_rate = 0.003
+
+[train]
+epochs = 2
+batch_size = 8
+model_dir = "{d}/model"
+image_datapath = "{d}/chips/train/images"
+mask_datapath = "{d}/chips/train/masks"
+bands = ["B2", "B3", "B4", "B8", "B11", "B12"]
+class_names = ["non-water", "water"]
+class_colors = ["#000000", "#00FFFF"]
+
+[eval]
+image_datapath = "{d}/chips/valid/images"
+mask_datapath = "{d}/chips/valid/masks"
+"""
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    tile_rasters([(SCENE, TRUTH)], d / "chips", TileOptions(chip=64, regions=3, seed=3), label_nodata=None)
+    return d
+
+
+def test_tiny_training_run_gives_a_bundle_predict_loads(chips, tmp_path):
+    cfg_path = chips / "water.toml"
+    cfg_path.write_text(CONFIG.format(d=chips))
+    r = CliRunner()
+    res = r.invoke(cli, ["train", str(cfg_path)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    model_dir = chips / "model"
+    for name in ("model.geoseg", "best.keras", "history.csv", "training_curves.png", "config.toml"):
+        assert (model_dir / name).exists(), name
+    assert len((model_dir / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    info = r.invoke(cli, ["info", "--json", str(model_dir / "model.geoseg")])
+    meta = json.loads(info.stdout)
+    assert meta["input"]["bands"] == ["B2", "B3", "B4", "B8", "B11", "B12"] and meta["input"]["scale"][0] == 1e-4
+    assert meta["tile_multiple"] == 4 and "mean_iou_excluding_background" in meta["metrics"]["validation"]
+    out = tmp_path / "pred.tif"
+    res = r.invoke(cli, ["predict", str(model_dir / "model.geoseg"), str(SCENE), str(out)])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as o:
+        assert o.shape == (545, 625)
+    # a second run refuses to overwrite the bundle
+    res = r.invoke(cli, ["train", str(cfg_path)])
+    assert res.exit_code == 1 and "exists" in res.output
+
+
+def test_confusion_metric_matches_numpy():
+    from geoseg.evaluate import confusion_matrix
+    from geoseg.train import make_confusion_metric
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, (2, 8, 8)).astype(np.int32)
+    y[0, 0, :4] = 255
+    logits = rng.random((2, 8, 8, 3)).astype(np.float32)
+    m = make_confusion_metric(3, 255, background=0)
+    m.update_state(y, logits)
+    expect = confusion_matrix(y, logits.argmax(-1), [0, 1, 2])
+    assert (m.matrix() == expect).all()
+    from geoseg.evaluate import scores_from_confusion
+    assert float(m.result()) == pytest.approx(scores_from_confusion(expect, [0, 1, 2], background=0).mean_iou,
+                                              rel=1e-5)
+
+
+def test_losses_ignore_pixels_and_match_hand_values():
+    from geoseg.train import make_loss
+    y = np.array([[[0, 1], [255, 1]]], np.int32)
+    p = np.array([[[[0.8, 0.2], [0.4, 0.6]], [[0.5, 0.5], [0.1, 0.9]]]], np.float32)
+    ce = float(make_loss("categorical_crossentropy", 2, 255)(y, p))
+    assert ce == pytest.approx(-(np.log(0.8) + np.log(0.6) + np.log(0.9)) / 3, rel=1e-5)
+    # dice per class over valid pixels, smoothed by 1
+    d0 = (2 * 0.8 + 1) / ((0.8 + 0.4 + 0.1) + 1 + 1)
+    d1 = (2 * (0.6 + 0.9) + 1) / ((0.2 + 0.6 + 0.9) + 2 + 1)
+    assert float(make_loss("dice", 2, 255)(y, p)) == pytest.approx(1 - (d0 + d1) / 2, rel=1e-5)
+    w = float(make_loss("categorical_crossentropy", 2, 255, class_weights=(1.0, 3.0))(y, p))
+    assert w == pytest.approx(-(np.log(0.8) + 3 * np.log(0.6) + 3 * np.log(0.9)) / 7, rel=1e-5)
+    focal = float(make_loss("focal", 2, 255)(y, p))
+    assert focal < ce
+    with pytest.raises(ConfigError, match="model.loss must be one of"):
+        make_loss("bce_iou_loss", 2, 255)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c, d: c.replace(f'"{d}/chips/train/images"', f'"{d}/nope"'), "image folder not found"),
+    (lambda c, d: c.replace("num_classes = 2", "num_classes = 1").replace('class_names = ["non-water", "water"]', "")
+     .replace('class_colors = ["#000000", "#00FFFF"]', ""), "holds class 1 but model.num_classes is 1"),
+    (lambda c, d: c.replace("image_channels = 6", "image_channels = 3"), "6 bands but model.image_channels is 3"),
+    (lambda c, d: c.replace('class_names = ["non-water", "water"]', 'class_names = ["a"]'), "class_names has 1"),
+])
+def test_bad_training_configs(chips, edit, match):
+    p = chips / "bad.toml"
+    p.write_text(edit(CONFIG.format(d=chips), chips).replace("/model", "/model_bad"))
+    with pytest.raises(ConfigError, match=match):
+        from geoseg.train import train
+        train(load_config(p), verbose=0)
