@@ -39,12 +39,15 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
     accuracy, and mean IoU / mean Dice excluding the background class.
 
     PREDICTION is a class raster on the truth's grid, or with --model an image to
-    segment first. Rasters are read block by block: any size works.
+    segment first. Rasters are read block by block: any size works. With --model
+    and two folders (test chip images and masks, e.g. from geoseg tile), every chip
+    is scored.
 
     \b
     Examples:
       geoseg evaluate water.tif truth.tif --truth-nodata none --background 0
       geoseg evaluate --model water.geoseg scene.tif truth.tif --truth-nodata none -o eval/water
+      geoseg evaluate --model water.geoseg chips/test/images chips/test/masks -o eval/test
     """
     from geoseg.evaluate import (evaluate_model_on_raster, evaluate_rasters, format_scores, plot_confusion,
                                  write_scores)
@@ -58,7 +61,13 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
         for suffix in (".csv", ".json", "_confusion.png"):
             check_output_path(str(prefix) + suffix, [prediction, truth], overwrite, "output")
     quiet = ctx.obj["quiet"]
-    if model_path:
+    if model_path and Path(prediction).is_dir():
+        from geoseg.evaluate import evaluate_chips
+        scores = evaluate_chips(model_path, prediction, truth)
+        if background is not None:
+            from geoseg.evaluate import scores_from_confusion
+            scores = scores_from_confusion(scores.confusion, scores.class_ids, scores.class_names, background)
+    elif model_path:
         from geoseg.model import load_model
         from geoseg.predict import PredictOptions
         lm = load_model(model_path)

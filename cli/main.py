@@ -62,6 +62,8 @@ def cli(ctx, verbose, quiet):
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("rasterio").setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
     warnings.showwarning = _show_warning
+    # Debian's mpl_toolkits (pulled in with QGIS) beside pip's matplotlib: harmless here
+    warnings.filterwarnings("ignore", message="Unable to import Axes3D")
     ctx.obj = {"verbose": verbose, "quiet": quiet}
 
 

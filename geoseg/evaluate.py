@@ -259,3 +259,55 @@ def format_scores(scores: Scores) -> str:
     if scores.unpredicted:
         lines.append(f"  {scores.unpredicted:,} valid truth pixels were left as nodata by the prediction")
     return "\n".join(lines)
+
+
+def evaluate_chips(model, image_dir: str | os.PathLike, mask_dir: str | os.PathLike,
+                   rgb_map: dict | None = None, ignore_index: int = 255, batch_size: int = 8) -> Scores:
+    """Scores of a model on test chips (image/mask folders, masks as class indexes
+    or colours through ``rgb_map``). Each chip is one window, scaled as the bundle says."""
+    from .dataset import colour_map_lut  # noqa: PLC0415
+    from .train import _read_chip, list_chips  # noqa: PLC0415
+
+    if isinstance(model, (str, os.PathLike)):
+        from .model import load_model  # noqa: PLC0415
+        model = load_model(model)
+    from .model import make_forward  # noqa: PLC0415
+    meta = model.meta
+    spec = meta.input
+    pairs = list_chips(image_dir, mask_dir)
+    lut = colour_map_lut(rgb_map) if rgb_map else None
+    gain = (np.array(spec.scale) / np.array(spec.std)).astype(np.float32)
+    bias = ((np.array(spec.offset) * np.array(spec.scale) - np.array(spec.mean)) / np.array(spec.std)).astype(np.float32)
+    fwd = make_forward(model.keras_model, meta.tile_size, spec.n_bands, meta.head)
+    ids = np.array([c.id for c in meta.classes], np.uint8)
+    k = len(ids)
+    conf = np.zeros((k, k), np.int64)
+    batch_x, batch_y = [], []
+
+    def flush():
+        nonlocal conf
+        if not batch_x:
+            return
+        probs = fwd(np.stack(batch_x))
+        for p, y in zip(probs, batch_y):
+            pred = ids[np.argmax(p, axis=-1)]
+            conf += confusion_matrix(y, pred, list(ids), y != ignore_index)
+        batch_x.clear()
+        batch_y.clear()
+
+    for ip, mp in pairs:
+        x, y = _read_chip(ip, mp, lut, ignore_index)
+        if x.shape[0] != spec.n_bands:
+            raise RasterError(f"{os.path.basename(ip)} has {x.shape[0]} bands but the model takes {spec.n_bands}")
+        m = meta.tile_multiple
+        if x.shape[1] % m or x.shape[2] % m:
+            raise RasterError(f"{os.path.basename(ip)}: chip size must be a multiple of {m} for this model")
+        if batch_x and x.shape[1:] != batch_x[0].shape[:2]:
+            flush()
+        batch_x.append(np.moveaxis(x.astype(np.float32), 0, -1) * gain + bias)
+        batch_y.append(y)
+        if len(batch_x) == batch_size:
+            flush()
+    flush()
+    return scores_from_confusion(conf, [c.id for c in meta.classes], [c.name for c in meta.classes],
+                                 meta.background)

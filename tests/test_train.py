@@ -118,3 +118,24 @@ def test_bad_training_configs(chips, edit, match):
     with pytest.raises(ConfigError, match=match):
         from geoseg.train import train
         train(load_config(p), verbose=0)
+
+
+def test_evaluate_test_chips_equals_manual(chips):
+    from geoseg.evaluate import confusion_matrix, evaluate_chips
+    from geoseg.model import load_model
+    from geoseg.train import list_chips
+    bundle = chips / "model" / "model.geoseg"
+    if not bundle.exists():
+        pytest.skip("needs the bundle of test_tiny_training_run_gives_a_bundle_predict_loads")
+    lm = load_model(bundle)
+    s = evaluate_chips(lm, chips / "chips" / "test" / "images", chips / "chips" / "test" / "masks")
+    spec = lm.meta.input
+    conf = np.zeros((2, 2), np.int64)
+    for ip, mp in list_chips(chips / "chips" / "test" / "images", chips / "chips" / "test" / "masks"):
+        with rasterio.open(ip) as a, rasterio.open(mp) as b:
+            x = (a.read().astype(np.float64) * np.array(spec.scale)[:, None, None]
+                 - np.array(spec.mean)[:, None, None]) / np.array(spec.std)[:, None, None]
+            y = b.read(1)
+        p = np.asarray(lm.keras_model(np.moveaxis(x, 0, -1)[None].astype(np.float32)))[0].argmax(-1)
+        conf += confusion_matrix(y, p, [0, 1], y != 255)
+    assert (s.confusion == conf).all()
