@@ -106,7 +106,8 @@ def train_on_raster(image_path: str | os.PathLike, label_path: str | os.PathLike
                   loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     t0 = time.perf_counter()
     cb = [keras.callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=4, min_lr=1e-5)]
-    hist = model.fit(batches(), epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose, callbacks=cb)
+    hist = model.fit(batches(), epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose, callbacks=cb,
+                     shuffle=False)
     seconds = time.perf_counter() - t0
     import keras as _k  # noqa: PLC0415
     meta = ModelMeta(
@@ -446,28 +447,34 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
            if t.learning_rate_reducer else None,
            _CurvesCallback(keras, out_dir / "training_curves.png")]
     cbs = [c for c in cbs if c is not None]
+    names = list(t.class_names) or [f"class_{i}" for i in range(k)]
+    colors = list(t.class_colors) or [_PALETTE[i % len(_PALETTE)] for i in range(k)]
+    bands = tuple(t.bands) or tuple(f"b{i + 1}" for i in range(n_bands))
+    if len(bands) != n_bands:
+        raise ConfigError(f"train.bands names {len(bands)} bands but the chips have {n_bands}")
+    base_meta = ModelMeta(
+        name=bundle.stem, classes=tuple(ClassInfo(i, names[i], colors[i].upper()) for i in range(k)),
+        input=InputSpec(bands, (float(t.offset),) * n_bands, (float(scale),) * n_bands,
+                        tuple(float(v) for v in stats.mean), tuple(float(v) for v in stats.std)),
+        tile_size=max(multiple, (t.tile_size // multiple) * multiple), overlap=min(t.overlap, t.tile_size // 2 - 1),
+        tile_multiple=multiple, head=m.head, background=bg)
+    if t.epoch_change_infer or t.epoch_change_tiledinfer:
+        cbs.append(_epoch_preview_callback(keras, cfg, base_meta, val_pairs))
     (out_dir / "config.toml").write_text(config_to_toml(cfg))
     t0 = time.perf_counter()
     hist = net.fit(ds_train, validation_data=ds_val, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
-                   validation_steps=t.validation_steps, callbacks=cbs, verbose=verbose)
+                   validation_steps=t.validation_steps, callbacks=cbs, verbose=verbose,
+                   shuffle=False)  # the tf.data pipeline shuffles
     seconds = time.perf_counter() - t0
     # final validation confusion matrix with the kept (best) weights
     metric.reset_state()
     for xb, yb in ds_val:
         metric.update_state(yb, net(xb, training=False))
-    names = list(t.class_names) or [f"class_{i}" for i in range(k)]
     scores = scores_from_confusion(metric.matrix(), list(range(k)), names, bg)
-    colors = list(t.class_colors) or [_PALETTE[i % len(_PALETTE)] for i in range(k)]
-    bands = tuple(t.bands) or tuple(f"b{i + 1}" for i in range(n_bands))
-    if len(bands) != n_bands:
-        raise ConfigError(f"train.bands names {len(bands)} bands but the chips have {n_bands}")
     import keras as _k  # noqa: PLC0415
-    meta = ModelMeta(
-        name=bundle.stem, classes=tuple(ClassInfo(i, names[i], colors[i].upper()) for i in range(k)),
-        input=InputSpec(bands, (float(t.offset),) * n_bands, (float(scale),) * n_bands,
-                        tuple(float(v) for v in stats.mean), tuple(float(v) for v in stats.std)),
-        tile_size=max(multiple, (t.tile_size // multiple) * multiple), overlap=t.overlap,
-        tile_multiple=multiple, head=m.head, background=bg,
+    from dataclasses import replace as _replace  # noqa: PLC0415
+    meta = _replace(
+        base_meta,
         architecture={"type": m.model, "base_filters": m.base_filters, "base_kernels": list(m.base_kernels),
                       "num_layers": m.num_layers, "dropout_rate": m.dropout_rate, "dilation": list(m.dilation),
                       "batch_norm": m.batch_norm, "encoder_weights": m.encoder_weights},
@@ -485,6 +492,43 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
     save_model(bundle, net, meta)
     return WorkflowResult(str(bundle), {kk: [float(v) for v in vv] for kk, vv in hist.history.items()}, scores,
                           seconds)
+
+
+def _epoch_preview_callback(keras, cfg, meta, val_pairs):
+    """The seed's epoch_change_(tiled)infer: after each epoch, segment a few images
+    with the engine (tiled, as predict does) and save quick-look PNGs."""
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from .dataset import IMAGE_EXT  # noqa: PLC0415
+    from .model import LoadedModel  # noqa: PLC0415
+    from .predict import PredictOptions, predict_raster  # noqa: PLC0415
+
+    t = cfg.train
+    tiled = t.epoch_change_tiledinfer
+    src_dir = cfg.tiledinfer.images_dir if tiled else cfg.infer.images_dir
+    if src_dir:
+        if not Path(src_dir).is_dir():
+            raise ConfigError(f"folder of images to infer each epoch not found: {src_dir}")
+        images = sorted(str(p) for p in Path(src_dir).iterdir() if p.suffix.lower() in IMAGE_EXT)
+    else:
+        images = [p[0] for p in val_pairs]
+    images = images[: t.num_infer_images]
+    out = Path(t.epoch_change_tiledinfer_dir if tiled else t.epoch_change_infer_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    overlap = min(cfg.tiledinfer.overlapping, meta.tile_size // 2 - 1)
+    opts = PredictOptions(overlap=overlap, blend=cfg.tiledinfer.blend)
+
+    class EpochPreview(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            lm = LoadedModel(meta, self.model)
+            with tempfile.TemporaryDirectory() as tmp:
+                for img in images:
+                    name = f"epoch{epoch + 1:03d}_{Path(img).stem}.png"
+                    predict_raster(img, Path(tmp) / "classes.tif", lm, opts, overwrite=True,
+                                   preview_path=out / name)
+
+    return EpochPreview()
 
 
 def _r(v) -> float | None:

@@ -33,6 +33,9 @@ mask_datapath = "{d}/chips/train/masks"
 bands = ["B2", "B3", "B4", "B8", "B11", "B12"]
 class_names = ["non-water", "water"]
 class_colors = ["#000000", "#00FFFF"]
+epoch_change_infer = true
+epoch_change_infer_dir = "{d}/epochs"
+num_infer_images = 1
 
 [eval]
 image_datapath = "{d}/chips/valid/images"
@@ -57,6 +60,8 @@ def test_tiny_training_run_gives_a_bundle_predict_loads(chips, tmp_path):
     for name in ("model.geoseg", "best.keras", "history.csv", "training_curves.png", "config.toml"):
         assert (model_dir / name).exists(), name
     assert len((model_dir / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    previews = sorted(p.name for p in (chips / "epochs").iterdir())
+    assert len(previews) == 2 and previews[0].startswith("epoch001_") and previews[1].startswith("epoch002_")
     info = r.invoke(cli, ["info", "--json", str(model_dir / "model.geoseg")])
     meta = json.loads(info.stdout)
     assert meta["input"]["bands"] == ["B2", "B3", "B4", "B8", "B11", "B12"] and meta["input"]["scale"][0] == 1e-4
