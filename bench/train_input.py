@@ -1,0 +1,70 @@
+"""Training throughput (chips/s) and the share of step time spent waiting for input.
+
+    .venv/bin/python bench/train_input.py [--chip 128] [--batch-size 8] [--steps 20]
+
+Cuts chips from the bundled Sentinel-2 scene with ``geoseg tile``, then trains the
+same FlexUNet for the same steps twice, side by side: fed by geoseg's streaming
+tf.data pipeline (reads from disk, augmentation), and fed from batches already in
+memory. Input wait share = 1 - (in-memory step time / streaming step time).
+Goal: <= 10 %.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import common  # noqa: F401  (sets sys.path)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chip", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--base-filters", type=int, default=16)
+    args = ap.parse_args()
+    from geoseg.dataset import TileOptions, tile_rasters
+    from geoseg.demo import SCENE, TRUTH
+    from geoseg.model import build_unet, keras_module
+    from geoseg.train import chip_statistics, list_chips, make_dataset, make_loss
+
+    keras = keras_module()
+    import tensorflow as tf
+    with tempfile.TemporaryDirectory() as tmp:
+        tile_rasters([(SCENE, TRUTH)], Path(tmp) / "c", TileOptions(chip=args.chip, stride=args.chip // 2, regions=1,
+                                                                     fractions=(1, 0, 0)), label_nodata=None)
+        pairs = list_chips(Path(tmp) / "c/train/images", Path(tmp) / "c/train/masks")
+        st = chip_statistics(pairs, None, 255, 2, 1e-4, 0.0)
+        gain = (1e-4 / st.std).astype(np.float32)
+        bias = (-st.mean / st.std).astype(np.float32)
+        ds = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=args.batch_size,
+                          shuffle=True, augment=True, seed=1, chip_hw=(args.chip, args.chip)).repeat()
+        mem = [b for b in ds.take(args.steps)]
+        ds_mem = tf.data.Dataset.from_tensor_slices(
+            (tf.concat([x for x, _ in mem], 0), tf.concat([y for _, y in mem], 0))).batch(args.batch_size).repeat()
+
+        def run(data):
+            net = build_unet(2, 6, base_filters=args.base_filters, num_layers=4)
+            net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss("ce_dice", 2, 255))
+            net.fit(data, epochs=1, steps_per_epoch=3, verbose=0)  # compile / warm up
+            t0 = time.perf_counter()
+            net.fit(data, epochs=1, steps_per_epoch=args.steps, verbose=0)
+            return (time.perf_counter() - t0) / args.steps
+
+        res = {"stream": [], "memory": []}
+        for _ in range(2):  # interleaved: both see the same machine load
+            res["stream"].append(run(ds))
+            res["memory"].append(run(ds_mem))
+    ts, tm = min(res["stream"]), min(res["memory"])
+    print(f"{len(pairs)} chips of {args.chip}² x 6 bands, batch {args.batch_size}, {args.steps} steps, "
+          f"FlexUNet base {args.base_filters}")
+    print(f"streaming from disk: {ts:.3f} s/step  ({args.batch_size / ts:.1f} chips/s)")
+    print(f"from memory:         {tm:.3f} s/step  ({args.batch_size / tm:.1f} chips/s)")
+    print(f"INPUT WAIT SHARE = {max(0.0, 1 - tm / ts):.3f}   (goal <= 0.10)")
+
+
+if __name__ == "__main__":
+    main()
