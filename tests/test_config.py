@@ -159,3 +159,14 @@ def test_literal_parser_never_evaluates():
         parse_literal("(1, 2")
     assert parse_literal("./models") == "./models"
     assert parse_literal("'a\\'b'") == "a'b"
+
+
+def test_every_example_config_loads():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "examples"
+    found = sorted(list(root.rglob("*.toml")) + list(root.rglob("*.config")))
+    assert len(found) >= 6
+    for p in found:
+        load_config(p)
+    a = load_config(root / "s2_water" / "train_eval_infer.config")
+    assert a == load_config(root / "s2_water" / "water.toml")
