@@ -33,6 +33,7 @@ __all__ = ["ModelConfig", "TrainConfig", "DataConfig", "InferConfig", "MaskConfi
            "Config", "load_config", "parse_literal", "config_to_toml"]
 
 RGB = tuple[int, int, int]
+IOU_NAMES = ("iou", "iou_coef", "mean_iou")   # the seed's names for the IoU metric
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class ModelConfig:
     learning_rate: float = 1e-3
     clipvalue: float | None = None
     loss: str = "categorical_crossentropy"  # categorical_crossentropy | dice | ce_dice | focal | ...
-    metrics: tuple[str, ...] = ("iou",)
+    metrics: tuple[str, ...] = ("iou",)     # reported: iou (mean IoU without background)
     show_summary: bool = False
 
     def __post_init__(self) -> None:
@@ -67,6 +68,10 @@ class ModelConfig:
             raise ConfigError(f"model.learning_rate must be positive, got {self.learning_rate}")
         if self.head not in ("softmax", "sigmoid"):
             raise ConfigError(f"model.head must be 'softmax' or 'sigmoid', got {self.head!r}")
+        for name in self.metrics:
+            if name not in IOU_NAMES:
+                raise ConfigError(f"model.metrics: {name!r} is not supported (geoseg reports per-class "
+                                  "IoU and Dice; use 'iou')")
         if self.model == "flexunet":
             m = 2 ** (self.num_layers - 1)
             if self.image_width % m or self.image_height % m:
@@ -83,16 +88,14 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
     patience: int = 10                      # early stopping (epochs without improvement)
-    metrics: tuple[str, ...] = ("iou", "val_iou")
+    metrics: tuple[str, ...] = ("iou", "val_iou")  # the last one is monitored: val_iou or val_loss
     model_dir: str = "./models"
     eval_dir: str = "./eval"
     image_datapath: str = ""
     mask_datapath: str = ""
-    create_backup: bool = False
     learning_rate_reducer: bool = True
     reducer_factor: float = 0.5
     reducer_patience: int = 4
-    save_weights_only: bool = False
     epoch_change_infer: bool = False
     epoch_change_infer_dir: str = "./epoch_change_infer"
     epoch_change_tiledinfer: bool = False
@@ -114,6 +117,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "num_infer_images")
+        for name in self.metrics:
+            if name not in IOU_NAMES + tuple("val_" + n for n in IOU_NAMES) + ("loss", "val_loss"):
+                raise ConfigError(f"train.metrics: {name!r} is not supported (use iou, val_iou, loss, val_loss)")
         if not 0 < self.reducer_factor < 1:
             raise ConfigError(f"train.reducer_factor must be in (0, 1), got {self.reducer_factor}")
         if self.patience < 0 or self.reducer_patience < 0:
@@ -132,9 +138,8 @@ class DataConfig:
 class InferConfig:
     """[infer]: images to segment after training."""
 
-    images_dir: str = ""
-    output_dir: str = "./outputs"
-    merged_dir: str = ""
+    images_dir: str = ""                    # segmented with the trained model after training
+    output_dir: str = ""                    # class rasters + previews go here (empty: skip)
 
 
 @dataclass(frozen=True)
@@ -143,15 +148,17 @@ class MaskConfig:
 
     rgb_map: dict[RGB, int] = field(default_factory=dict)   # colour -> class index
     ignore_index: int = 255                 # colours not in rgb_map (counted in reports)
-    blur: bool = False
-    blur_size: tuple[int, int] = (3, 3)
-    binarize: bool = False
+    binarize: bool = False                  # grey masks: class 1 where grey >= threshold, else 0
     threshold: int = 128
-    grayscaling: bool = False
+    grayscaling: bool = False               # colour masks to grey (ITU-R 601) before binarize
 
     def __post_init__(self) -> None:
         if not 0 <= self.ignore_index <= 255:
             raise ConfigError(f"mask.ignore_index must be 0..255, got {self.ignore_index}")
+        if self.binarize and self.rgb_map:
+            raise ConfigError("mask.binarize and mask.rgb_map exclude each other")
+        if not 0 <= self.threshold <= 255:
+            raise ConfigError(f"mask.threshold must be 0..255, got {self.threshold}")
         for rgb, cls in self.rgb_map.items():
             if cls == self.ignore_index:
                 raise ConfigError(f"mask.rgb_map maps {_hex(rgb)} to the ignore index {cls}")
@@ -164,10 +171,8 @@ class TiledInferConfig:
     """[tiledinfer]: tiled inference (the engine's tile and overlap)."""
 
     overlapping: int = 32                   # pixels shared by neighbouring windows
-    images_dir: str = ""
-    output_dir: str = "./tiled_outputs"
-    merged_dir: str = ""
-    bitwise_blending: bool = False
+    images_dir: str = ""                    # segmented (tiled) after training, and for
+    output_dir: str = ""                    #   epoch_change_tiledinfer previews
     blend: str = "crop"                     # crop | cosine
 
     def __post_init__(self) -> None:

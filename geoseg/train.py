@@ -157,6 +157,9 @@ def list_chips(image_dir: str | os.PathLike, mask_dir: str | os.PathLike) -> lis
 
 
 def _read_chip(image_path: str, mask_path: str, lut, ignore: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image chip and its class mask. ``lut`` is a colour map (from
+    :func:`geoseg.dataset.colour_map_lut`), a ``("binarize", threshold, grayscaling)``
+    rule for grey masks, or None for class-index masks."""
     import warnings  # noqa: PLC0415
 
     import rasterio  # noqa: PLC0415
@@ -167,7 +170,15 @@ def _read_chip(image_path: str, mask_path: str, lut, ignore: int) -> tuple[np.nd
         with rasterio.open(image_path) as s:
             x = s.read()
         with rasterio.open(mask_path) as m:
-            if lut is not None and (m.count >= 3 or _has_palette(m)):
+            if isinstance(lut, tuple) and lut and lut[0] == "binarize":
+                _, threshold, grayscaling = lut
+                if m.count >= 3 and grayscaling:
+                    r, g, b = m.read([1, 2, 3]).astype(np.float32)
+                    grey = 0.299 * r + 0.587 * g + 0.114 * b
+                else:
+                    grey = m.read(1)
+                y = (grey >= threshold).astype(np.uint8)
+            elif lut is not None and (m.count >= 3 or _has_palette(m)):
                 y, _ = mask_to_classes(_read_rgb_mask(m), lut, ignore)  # colour masks, seed style
             else:
                 y = m.read(1)  # class-index masks (geoseg tile)
@@ -388,7 +399,12 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
     bg = None if t.background < 0 else t.background
     if bg is not None and bg >= k:
         raise ConfigError(f"train.background {bg} is not a class (num_classes = {k})")
-    lut = colour_map_lut(cfg.mask.rgb_map) if cfg.mask.rgb_map else None
+    if cfg.mask.rgb_map:
+        lut = colour_map_lut(cfg.mask.rgb_map)
+    elif cfg.mask.binarize:
+        lut = ("binarize", cfg.mask.threshold, cfg.mask.grayscaling)
+    else:
+        lut = None
     if not t.image_datapath or not t.mask_datapath:
         raise ConfigError("train.image_datapath and train.mask_datapath are required")
     train_pairs = list_chips(t.image_datapath, t.mask_datapath)
@@ -436,13 +452,15 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
     opt = keras.optimizers.Adam(m.learning_rate, clipvalue=m.clipvalue) if m.clipvalue else \
         keras.optimizers.Adam(m.learning_rate)
     net.compile(optimizer=opt, loss=make_loss(m.loss, k, ignore, t.class_weights, m.head), metrics=[metric])
+    last = t.metrics[-1] if t.metrics else "val_iou"
+    monitor, mode = ("val_loss", "min") if last.endswith("loss") else ("val_mean_iou", "max")
     cbs = [keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
-           keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor="val_mean_iou", mode="max",
+           keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor=monitor, mode=mode,
                                            save_best_only=True),
            keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
-           keras.callbacks.EarlyStopping(monitor="val_mean_iou", mode="max", patience=t.patience,
+           keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=t.patience,
                                          restore_best_weights=True) if t.patience > 0 else None,
-           keras.callbacks.ReduceLROnPlateau(monitor="val_mean_iou", mode="max", factor=t.reducer_factor,
+           keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=t.reducer_factor,
                                              patience=t.reducer_patience, min_lr=1e-7)
            if t.learning_rate_reducer else None,
            _CurvesCallback(keras, out_dir / "training_curves.png")]
@@ -490,6 +508,7 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
                                 "per_class_dice": {names[i]: _r(v) for i, v in enumerate(scores.dice)}}},
     )
     save_model(bundle, net, meta)
+    _infer_after_training(cfg, bundle)
     return WorkflowResult(str(bundle), {kk: [float(v) for v in vv] for kk, vv in hist.history.items()}, scores,
                           seconds)
 
@@ -529,6 +548,36 @@ def _epoch_preview_callback(keras, cfg, meta, val_pairs):
                                    preview_path=out / name)
 
     return EpochPreview()
+
+
+def _infer_after_training(cfg, bundle) -> None:
+    """[infer] / [tiledinfer]: segment images_dir into output_dir (class GeoTIFF,
+    areas CSV and preview per image) with the new bundle, through the engine."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from .dataset import IMAGE_EXT  # noqa: PLC0415
+    from .model import load_model  # noqa: PLC0415
+    from .predict import PredictOptions, predict_raster, sidecar_paths  # noqa: PLC0415
+    jobs = []
+    for sec, opts in ((cfg.infer, PredictOptions()),
+                      (cfg.tiledinfer, PredictOptions(overlap=cfg.tiledinfer.overlapping,
+                                                      blend=cfg.tiledinfer.blend))):
+        if sec.images_dir and sec.output_dir:
+            src = Path(sec.images_dir)
+            if not src.is_dir():
+                raise ConfigError(f"images_dir not found: {src}")
+            jobs.append((src, Path(sec.output_dir), opts))
+    if not jobs:
+        return
+    lm = load_model(bundle)
+    for src, out, opts in jobs:
+        out.mkdir(parents=True, exist_ok=True)
+        ov = min(opts.overlap if opts.overlap is not None else lm.meta.overlap, lm.meta.tile_size // 2 - 1)
+        from dataclasses import replace as _rep  # noqa: PLC0415
+        opts = _rep(opts, overlap=ov)
+        for img in sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_EXT):
+            dst = out / (img.stem + "_classes.tif")
+            predict_raster(img, dst, lm, opts, overwrite=True, **sidecar_paths(dst, areas=True, preview=True))
 
 
 def _r(v) -> float | None:

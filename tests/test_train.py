@@ -40,6 +40,11 @@ num_infer_images = 1
 [eval]
 image_datapath = "{d}/chips/valid/images"
 mask_datapath = "{d}/chips/valid/masks"
+
+[tiledinfer]
+overlapping = 8
+images_dir = "{d}/infer_in"
+output_dir = "{d}/infer_out"
 """
 
 
@@ -47,6 +52,10 @@ mask_datapath = "{d}/chips/valid/masks"
 def chips(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
     tile_rasters([(SCENE, TRUTH)], d / "chips", TileOptions(chip=64, regions=3, seed=3), label_nodata=None)
+    import shutil
+    (d / "infer_in").mkdir()
+    first = sorted((d / "chips" / "test" / "images").iterdir())[0]
+    shutil.copy(first, d / "infer_in" / "scene_part.tif")
     return d
 
 
@@ -60,6 +69,10 @@ def test_tiny_training_run_gives_a_bundle_predict_loads(chips, tmp_path):
     for name in ("model.geoseg", "best.keras", "history.csv", "training_curves.png", "config.toml"):
         assert (model_dir / name).exists(), name
     assert len((model_dir / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    # [tiledinfer] images were segmented with the new model after training
+    assert sorted(p.name for p in (chips / "infer_out").iterdir()) == [
+        "scene_part_classes.qml", "scene_part_classes.tif", "scene_part_classes.tif.aux.xml",
+        "scene_part_classes_areas.csv", "scene_part_classes_preview.png"]
     previews = sorted(p.name for p in (chips / "epochs").iterdir())
     assert len(previews) == 2 and previews[0].startswith("epoch001_") and previews[1].startswith("epoch002_")
     info = r.invoke(cli, ["info", "--json", str(model_dir / "model.geoseg")])
@@ -144,3 +157,28 @@ def test_evaluate_test_chips_equals_manual(chips):
         p = np.asarray(lm.keras_model(np.moveaxis(x, 0, -1)[None].astype(np.float32)))[0].argmax(-1)
         conf += confusion_matrix(y, p, [0, 1], y != 255)
     assert (s.confusion == conf).all()
+
+
+def test_binarized_grey_masks(tmp_path, make_geotiff):
+    from geoseg.train import _read_chip
+    img = make_geotiff(np.ones((3, 4, 4), np.uint8), name="i.tif")
+    grey = np.array([[0, 127, 128, 255]] * 4, np.uint8)
+    msk = make_geotiff(grey, name="m.tif")
+    _, y = _read_chip(str(img), str(msk), ("binarize", 128, False), 255)
+    assert y.tolist()[0] == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[train]\nmetrics = [\"dice_coef\", \"val_dice_coef\"]\n", "train.metrics"),
+    ("[model]\nmetrics = [\"accuracy\"]\n", "model.metrics"),
+    ("[mask]\nblur = true\n", "unknown key 'mask.blur'"),
+    ("[mask]\nbinarize = true\nrgb_map = {\"#000000\" = 0}\n", "exclude each other"),
+])
+def test_keys_geoseg_cannot_honour_are_refused(tmp_path, text, match):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(p)
+    ok = tmp_path / "ok.toml"
+    ok.write_text("[train]\nmetrics = [\"iou_coef\", \"val_loss\"]\n")
+    assert load_config(ok).train.metrics == ("iou_coef", "val_loss")
