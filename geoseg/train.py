@@ -170,7 +170,7 @@ def _read_chip(image_path: str, mask_path: str, lut, ignore: int) -> tuple[np.nd
         with rasterio.open(image_path) as s:
             x = s.read()
         with rasterio.open(mask_path) as m:
-            if isinstance(lut, tuple) and lut and lut[0] == "binarize":
+            if isinstance(lut, tuple) and isinstance(lut[0], str) and lut[0] == "binarize":
                 _, threshold, grayscaling = lut
                 if m.count >= 3 and grayscaling:
                     r, g, b = m.read([1, 2, 3]).astype(np.float32)

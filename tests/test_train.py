@@ -182,3 +182,18 @@ def test_keys_geoseg_cannot_honour_are_refused(tmp_path, text, match):
     ok = tmp_path / "ok.toml"
     ok.write_text("[train]\nmetrics = [\"iou_coef\", \"val_loss\"]\n")
     assert load_config(ok).train.metrics == ("iou_coef", "val_loss")
+
+
+def test_colour_masks_read_through_the_rgb_map(tmp_path, make_geotiff):
+    from geoseg.dataset import colour_map_lut
+    from geoseg.train import _read_chip
+    img = make_geotiff(np.ones((3, 2, 2), np.uint8), name="i.tif")
+    rgb = np.zeros((3, 2, 2), np.uint8)
+    rgb[:, 0, 0] = (226, 169, 41)
+    msk = make_geotiff(rgb, name="m.tif")
+    lut = colour_map_lut({(0, 0, 0): 0, (226, 169, 41): 4})
+    _, y = _read_chip(str(img), str(msk), lut, 255)
+    assert y.tolist() == [[4, 0], [0, 0]]
+    cls = make_geotiff(np.array([[1, 2], [3, 255]], np.uint8), name="c.tif")
+    _, y = _read_chip(str(img), str(cls), lut, 255)  # class-index masks (geoseg tile) pass through
+    assert y.tolist() == [[1, 2], [3, 255]]
