@@ -202,3 +202,15 @@ def test_subprocess_killed_midway_leaves_nothing(tiny_bundle, make_geotiff, tmp_
         assert not out.exists() and not (tmp_path / f"out_{sig}_areas.csv").exists()
         if sig == signal.SIGTERM:
             assert not list(tmp_path.glob(".out_*geoseg-tmp*"))
+
+
+def test_areas_and_info_never_load_tensorflow(tmp_path):
+    """The plugin and the areas command must load fast and work without TensorFlow."""
+    code = ("import sys, runpy; sys.argv = ['geoseg', '-q', 'areas', sys.argv[1]]\n"
+            "from geoseg_cli.main import cli\n"
+            "try:\n    cli.main(standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+            "from geoseg.bundle import read_metadata\nfrom geoseg.demo import MODEL\nread_metadata(MODEL)\n"
+            "print('TF' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'NO-TF')")
+    r = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent / "data" / "nc_strata.tif")],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.stdout.strip().splitlines()[-1] == "NO-TF", r.stdout + r.stderr
