@@ -306,7 +306,7 @@ def tile_rasters(pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]], o
 def _cut_rasters(plans, splits, writer, opts, stride, label_nodata, progress) -> None:
     from rasterio.windows import Window, transform as wtransform  # noqa: PLC0415
 
-    from .io import open_raster  # noqa: PLC0415
+    from .io import label_valid, open_raster  # noqa: PLC0415
     for k, (img_path, lab_path, source, (r0, r1, c0, c1)) in enumerate(plans):
         with open_raster(img_path) as img, open_raster(lab_path) as lab:
             nd = lab.nodata if label_nodata == "auto" else label_nodata
@@ -317,11 +317,7 @@ def _cut_rasters(plans, splits, writer, opts, stride, label_nodata, progress) ->
                     win = Window(col, row, ww, hh)
                     image = img.read(window=win)
                     label = lab.read(1, window=win)
-                    valid = np.ones(label.shape, bool)
-                    if nd is not None:
-                        valid &= label != nd
-                    if np.issubdtype(label.dtype, np.floating):
-                        valid &= np.isfinite(label)
+                    valid = label_valid(label, nd)
                     valid &= np.any(img.read_masks(window=win) > 0, axis=0)  # image nodata: no label
                     bad = valid & ((label < 0) | (label > 254))
                     if bad.any():

@@ -139,7 +139,7 @@ def evaluate_rasters(pred_path: str | os.PathLike, truth_path: str | os.PathLike
     """
     from rasterio.windows import Window  # noqa: PLC0415
 
-    from .io import CLASS_NODATA, open_raster  # noqa: PLC0415
+    from .io import CLASS_NODATA, label_valid, open_raster  # noqa: PLC0415
 
     k = len(class_ids)
     conf = np.zeros((k, k), np.int64)
@@ -152,11 +152,7 @@ def evaluate_rasters(pred_path: str | os.PathLike, truth_path: str | os.PathLike
             win = Window(0, r0, p.width, min(step, p.height - r0))
             pr = p.read(1, window=win)
             tr = t.read(1, window=win)
-            valid = np.ones(tr.shape, bool)
-            if nd is not None:
-                valid &= tr != nd
-            if np.issubdtype(tr.dtype, np.floating):
-                valid &= np.isfinite(tr)
+            valid = label_valid(tr, nd)
             for v in ignore:
                 valid &= tr != v
             pnd = CLASS_NODATA if p.nodata is None else p.nodata

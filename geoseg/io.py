@@ -390,6 +390,16 @@ def _rat_names_gdal(gdal, path: str) -> dict[int, str]:
     return {rat.GetValueAsInt(i, vcol): rat.GetValueAsString(i, ncol) for i in range(rat.GetRowCount())}
 
 
+def label_valid(label: np.ndarray, nodata) -> np.ndarray:
+    """True where a class/label raster holds a value: not ``nodata``, not NaN/inf."""
+    valid = np.ones(label.shape, bool)
+    if nodata is not None:
+        valid &= label != nodata
+    if np.issubdtype(label.dtype, np.floating):
+        valid &= np.isfinite(label)
+    return valid
+
+
 def parse_bands_option(text: str | None) -> tuple[int | str, ...] | None:
     if not text:
         return None
