@@ -346,9 +346,10 @@ def make_confusion_metric(n_classes: int, ignore: int, background: int | None, h
             else:
                 pr = ops.reshape(ops.argmax(y_pred, axis=-1), (-1,))
             valid = ops.not_equal(y, ignore)
-            idx = ops.where(valid, y * n_classes + ops.cast(pr, "int32"), n_classes * n_classes)
-            counts = ops.bincount(idx, minlength=n_classes * n_classes + 1)[: n_classes * n_classes]
-            self.cm.assign_add(ops.reshape(ops.cast(counts, "float32"), (n_classes, n_classes)))
+            # one-hot product instead of bincount: XLA compiles it (bincount it cannot)
+            oh_true = ops.one_hot(ops.where(valid, y, 0), n_classes) * ops.cast(valid, "float32")[:, None]
+            oh_pred = ops.one_hot(ops.cast(pr, "int32"), n_classes)
+            self.cm.assign_add(ops.matmul(ops.transpose(oh_true), oh_pred))
 
         def result(self):
             tp = ops.diagonal(self.cm)
@@ -412,6 +413,10 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
         val_pairs = list_chips(cfg.eval.image_datapath, cfg.eval.mask_datapath)
     else:
         raise ConfigError("[eval] image_datapath and mask_datapath are required (validation chips)")
+    if t.validation_steps:
+        # a fixed random subset each epoch, not the first chips of the first image
+        order = np.random.default_rng(t.seed).permutation(len(val_pairs))
+        val_pairs = [val_pairs[i] for i in order]
     out_dir = Path(t.model_dir)
     bundle = Path(t.output) if t.output else out_dir / "model.geoseg"
     if bundle.exists() and not overwrite:
@@ -451,9 +456,13 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
     metric = make_confusion_metric(k, ignore, bg, m.head)
     opt = keras.optimizers.Adam(m.learning_rate, clipvalue=m.clipvalue) if m.clipvalue else \
         keras.optimizers.Adam(m.learning_rate)
-    net.compile(optimizer=opt, loss=make_loss(m.loss, k, ignore, t.class_weights, m.head), metrics=[metric])
+    net.compile(optimizer=opt, loss=make_loss(m.loss, k, ignore, t.class_weights, m.head), metrics=[metric],
+                jit_compile=m.jit_compile)
     last = t.metrics[-1] if t.metrics else "val_iou"
     monitor, mode = ("val_loss", "min") if last.endswith("loss") else ("val_mean_iou", "max")
+    if not (out_dir / "backup").exists():
+        # a fresh run (not a resumed one): the history of an earlier run here does not continue
+        (out_dir / "history.csv").unlink(missing_ok=True)
     cbs = [keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
            keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor=monitor, mode=mode,
                                            save_best_only=True),
@@ -463,7 +472,7 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
            keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=t.reducer_factor,
                                              patience=t.reducer_patience, min_lr=1e-7)
            if t.learning_rate_reducer else None,
-           _CurvesCallback(keras, out_dir / "training_curves.png")]
+           _CurvesCallback(keras, out_dir / "training_curves.png", out_dir / "history.csv")]
     cbs = [c for c in cbs if c is not None]
     names = list(t.class_names) or [f"class_{i}" for i in range(k)]
     colors = list(t.class_colors) or [_PALETTE[i % len(_PALETTE)] for i in range(k)]
@@ -498,7 +507,7 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
                       "batch_norm": m.batch_norm, "encoder_weights": m.encoder_weights},
         provenance={"train_chips": len(train_pairs), "valid_chips": len(val_pairs),
                     "train_images": t.image_datapath, "valid_images": cfg.eval.image_datapath,
-                    "epochs_run": len(hist.history.get("loss", [])), "loss": m.loss,
+                    "epochs_run": len(_read_history(out_dir / "history.csv").get("loss", [])), "loss": m.loss,
                     "learning_rate": m.learning_rate, "batch_size": t.batch_size, "seed": t.seed,
                     "keras": _k.__version__, "backend": _k.backend.backend(), "train_seconds": round(seconds, 1)},
         metrics={"validation": {"mean_iou_excluding_background": _r(scores.mean_iou),
@@ -540,8 +549,11 @@ def _epoch_preview_callback(keras, cfg, meta, val_pairs):
 
     class EpochPreview(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            import warnings  # noqa: PLC0415
             lm = LoadedModel(meta, self.model)
-            with tempfile.TemporaryDirectory() as tmp:
+            # quick looks of (often ungeoreferenced) chips: no "areas in pixels" noise each epoch
+            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 for img in images:
                     name = f"epoch{epoch + 1:03d}_{Path(img).stem}.png"
                     predict_raster(img, Path(tmp) / "classes.tif", lm, opts, overwrite=True,
@@ -585,15 +597,33 @@ def _r(v) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
 
 
-def _CurvesCallback(keras, path):  # noqa: N802  (a factory: keras is imported lazily)
+def _read_history(csv_path) -> dict[str, list[float]]:
+    """history.csv (CSVLogger) as columns; all epochs, across resumed runs."""
+    import csv  # noqa: PLC0415
+    hist: dict[str, list[float]] = {}
+    try:
+        with open(csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                for key, v in row.items():
+                    if key != "epoch" and v not in ("", None):
+                        hist.setdefault(key, []).append(float(v))
+    except FileNotFoundError:
+        pass
+    return hist
+
+
+def _CurvesCallback(keras, path, csv_path=None):  # noqa: N802  (a factory: keras is imported lazily)
     class Curves(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.hist: dict[str, list[float]] = {}
 
         def on_epoch_end(self, epoch, logs=None):
-            for key, v in (logs or {}).items():
-                self.hist.setdefault(key, []).append(float(v))
+            if csv_path is not None:  # the CSV logger has written this epoch: plot every epoch so far
+                self.hist = _read_history(csv_path)
+            else:
+                for key, v in (logs or {}).items():
+                    self.hist.setdefault(key, []).append(float(v))
             plot_curves(self.hist, path)
 
     return Curves()
