@@ -197,3 +197,51 @@ def test_colour_masks_read_through_the_rgb_map(tmp_path, make_geotiff):
     cls = make_geotiff(np.array([[1, 2], [3, 255]], np.uint8), name="c.tif")
     _, y = _read_chip(str(img), str(cls), lut, 255)  # class-index masks (geoseg tile) pass through
     assert y.tolist() == [[1, 2], [3, 255]]
+
+
+def test_interrupted_training_resumes_where_it_stopped(chips, monkeypatch):
+    """A run killed after epoch 1 of 3 resumes at epoch 2 from model_dir/backup:
+    one history row per epoch, no epoch run twice, and the bundle is written."""
+    import geoseg.train as tr
+    text = CONFIG.format(d=chips).replace("/model", "/model_resume").replace("epochs = 2", "epochs = 3")
+    text = text.replace("epoch_change_infer = true", "epoch_change_infer = false")
+    text = text.replace('images_dir = "', 'images_dir = "" #')
+    p = chips / "resume.toml"
+    p.write_text(text)
+    real = tr._CurvesCallback
+
+    def crashing(keras, path, csv_path=None):
+        class Crash(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 0:
+                    raise RuntimeError("simulated crash")
+        return Crash()
+
+    monkeypatch.setattr(tr, "_CurvesCallback", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tr.train(load_config(p), verbose=0)
+    model_dir = chips / "model_resume"
+    assert (model_dir / "backup").is_dir() and not (model_dir / "model.geoseg").exists()
+    assert len((model_dir / "history.csv").read_text().splitlines()) == 2  # header + epoch 1
+
+    seen = []
+
+    def recording(keras, path, csv_path=None):
+        cb = real(keras, path, csv_path)
+        orig = cb.on_epoch_end
+
+        def on_epoch_end(epoch, logs=None):
+            seen.append(epoch)
+            orig(epoch, logs)
+        cb.on_epoch_end = on_epoch_end
+        return cb
+
+    monkeypatch.setattr(tr, "_CurvesCallback", recording)
+    res = tr.train(load_config(p), verbose=0)
+    assert seen == [1, 2]  # epochs 2 and 3 only
+    rows = (model_dir / "history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    assert (model_dir / "model.geoseg").exists() and not (model_dir / "backup").exists()
+    assert res.val_scores.mean_iou is not None and len(res.history["loss"]) == 2  # this run: 2 epochs
+    from geoseg.bundle import read_metadata
+    assert read_metadata(model_dir / "model.geoseg").provenance["epochs_run"] == 3
