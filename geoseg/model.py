@@ -219,7 +219,34 @@ BACKBONES = {
                        "top_activation"),
     "mobilenetv2": ("MobileNetV2", ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
                                     "block_13_expand_relu"], "out_relu"),
+    # the seed's Dubai encoder. Its stem convolutions and poolings are 'valid', which
+    # leaves odd feature sizes (127, 61, 29...) that a UNet cannot concatenate and needs
+    # windows of >= 75 px: geoseg rebuilds it with 'same' padding (same weights, so
+    # ImageNet or local weights still load), giving exact 1/2..1/32 grids for any
+    # multiple of 32. The stem's 1/2 and 1/4 features are the inputs of its two
+    # max-poolings (their layer names are numbered per session, not fixed).
+    "inceptionresnetv2": ("InceptionResNetV2", ["@pool0", "@pool1", "block35_10_ac", "block17_20_ac"],
+                          "conv_7b_ac"),
 }
+
+
+def _same_padding_copy(keras, enc):
+    """``enc`` with every 'valid' convolution/pooling made 'same', weights copied."""
+    def clone(layer):
+        cfg = layer.get_config()
+        if cfg.get("padding") == "valid":
+            cfg["padding"] = "same"
+        return layer.__class__.from_config(cfg)
+    out = keras.models.clone_model(enc, clone_function=clone)
+    out.set_weights(enc.get_weights())
+    return out
+
+
+def _feature(keras, enc, name):
+    if name.startswith("@pool"):
+        pools = [ly for ly in enc.layers if isinstance(ly, keras.layers.MaxPooling2D)]
+        return pools[int(name[5:])].input
+    return enc.get_layer(name).output
 
 
 def build_backbone_unet(backbone: str, n_classes: int, n_bands: int, *, weights: str = "none",
@@ -252,8 +279,11 @@ def build_backbone_unet(backbone: str, n_classes: int, n_bands: int, *, weights:
             enc.load_weights(weights)
         except Exception as e:  # noqa: BLE001
             raise ModelError(f"cannot load encoder weights {weights}: {str(e).splitlines()[0]}") from None
-    x = enc.get_layer(bottom).output
-    skips = [enc.get_layer(n).output for n in reversed(skip_names)]
+    if key == "inceptionresnetv2":
+        enc = _same_padding_copy(keras, enc)
+        inputs = enc.inputs[0]
+    x = _feature(keras, enc, bottom)
+    skips = [_feature(keras, enc, n) for n in reversed(skip_names)]
     for i, f in enumerate(decoder_filters):
         x = L.UpSampling2D(2, name=f"dec{i}_up")(x)
         if i < len(skips):

@@ -112,3 +112,34 @@ def test_real_model_end_to_end(tiny_bundle, rgb_byte, tmp_path):
         nod = s.dataset_mask() == 0
     assert (out[nod] == 255).all() and (out[~nod] != 255).all()
     assert sum(r.counts.values()) == int((~nod).sum())
+
+
+@pytest.mark.parametrize("backbone,bands", [("mobilenetv2", 3), ("efficientnetb0", 4), ("resnet50", 3),
+                                            ("inceptionresnetv2", 3)])
+def test_backbone_unets(backbone, bands, tmp_path):
+    """keras.applications encoders: full-resolution output for any multiple of 32
+    (InceptionResNetV2 too, rebuilt with 'same' padding), a bundle that round-trips,
+    and encoder weights from a local file."""
+    from geoseg.model import build_backbone_unet
+    m = build_backbone_unet(backbone, 3, bands, dropout_rate=0.1)
+    x = np.random.default_rng(2).random((1, 64, 96, bands), dtype=np.float32)
+    y = np.asarray(m(x))
+    assert y.shape == (1, 64, 96, 3) and np.allclose(y.sum(-1), 1.0, atol=1e-4)
+    assert np.asarray(m(x[:, :32, :32])).shape == (1, 32, 32, 3)
+    meta = make_meta(n_bands=bands, classes=((0, "a", "#000000"), (1, "b", "#FF0000"), (2, "c", "#00FF00")),
+                     tile=64, overlap=8, multiple=32)
+    save_model(tmp_path / "m.geoseg", m, meta)
+    lm = load_model(tmp_path / "m.geoseg")
+    assert np.allclose(np.asarray(lm.keras_model(x)), y, atol=1e-5)
+    if backbone == "mobilenetv2":
+        # a local encoder weights file is loaded into the encoder
+        import keras
+        enc = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(None, None, bands))
+        enc.save_weights(tmp_path / "enc.weights.h5")
+        m2 = build_backbone_unet(backbone, 3, bands, weights=str(tmp_path / "enc.weights.h5"))
+        w = m2.get_layer("Conv1").get_weights()[0]
+        assert np.array_equal(w, enc.get_layer("Conv1").get_weights()[0])
+        with pytest.raises(ModelError, match="cannot load encoder weights"):
+            build_backbone_unet(backbone, 3, bands, weights=str(tmp_path / "nope.weights.h5"))
+    with pytest.raises(ModelError, match="ImageNet encoder weights need 3 input bands"):
+        build_backbone_unet(backbone, 3, 5, weights="imagenet")
