@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import bands_opt, overwrite_opt
+from .options import bands_opt, overwrite_opt, parse_rgb_map, rgb_map_opt
 from .progress import progress_bar
 
 
@@ -31,23 +31,27 @@ def _ints(text: str | None) -> tuple[int, ...]:
 @click.option("--ignore", default=None, metavar="LIST", help="Truth values not to count, e.g. 255 or 5,255.")
 @click.option("--background", type=int, default=None,
               help="Class left out of the means [default: the model's, else none].")
+@rgb_map_opt
 @bands_opt
 @overwrite_opt
 @click.pass_context
-def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, background, bands, overwrite):
+def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, background, rgb_map, bands,
+             overwrite):
     """Confusion matrix, per-class IoU, Dice/F1, precision and recall, overall
     accuracy, and mean IoU / mean Dice excluding the background class.
 
     PREDICTION is a class raster on the truth's grid, or with --model an image to
     segment first. Rasters are read block by block: any size works. With --model
-    and two folders (test chip images and masks, e.g. from geoseg tile), every chip
-    is scored.
+    and two folders (images and masks: test chips from geoseg tile, or whole images
+    with colour masks and --rgb-map), every pair is scored; images larger than the
+    model's tile are segmented windowed, as predict does.
 
     \b
     Examples:
       geoseg evaluate water.tif truth.tif --truth-nodata none --background 0
       geoseg evaluate --model water.geoseg scene.tif truth.tif --truth-nodata none -o eval/water
       geoseg evaluate --model water.geoseg chips/test/images chips/test/masks -o eval/test
+      geoseg evaluate --model dubai.geoseg "Tile 7/images" "Tile 7/masks" --rgb-map dubai.toml
     """
     from geoseg.evaluate import (evaluate_model_on_raster, evaluate_rasters, format_scores, plot_confusion,
                                  write_scores)
@@ -63,7 +67,12 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
     quiet = ctx.obj["quiet"]
     if model_path and Path(prediction).is_dir():
         from geoseg.evaluate import evaluate_chips
-        scores = evaluate_chips(model_path, prediction, truth)
+        from geoseg.predict import PredictOptions
+        cmap, cfg_ignore = parse_rgb_map(rgb_map)
+        with progress_bar("evaluating", quiet) as cb:
+            scores = evaluate_chips(model_path, prediction, truth, rgb_map=cmap,
+                                    ignore_index=255 if cfg_ignore is None else cfg_ignore, ignore=ign,
+                                    options=PredictOptions(bands=parse_bands_option(bands)), progress=cb)
         if background is not None:
             from geoseg.evaluate import scores_from_confusion
             scores = scores_from_confusion(scores.confusion, scores.class_ids, scores.class_names, background)

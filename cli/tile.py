@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import overwrite_opt
+from .options import overwrite_opt, parse_rgb_map, rgb_map_opt
 from .progress import progress_bar
 
 
@@ -19,30 +19,6 @@ def _floats3(text: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-def _rgb_map(spec: str | None):
-    """'#3C1098=0,#8429F6=1' or a config file with [mask] rgb_map."""
-    from pathlib import Path
-
-    from geoseg.config import _colour, load_config
-    from geoseg.errors import ConfigError
-    if spec is None:
-        return None, None
-    p = Path(spec)
-    if p.suffix.lower() in (".toml", ".ini", ".config") or p.exists():
-        cfg = load_config(p)
-        return cfg.mask.rgb_map, cfg.mask.ignore_index
-    out = {}
-    for item in spec.split(","):
-        k, sep, v = item.rpartition("=")
-        if not sep or not v.strip().isdigit():
-            raise ConfigError(f"--rgb-map: expected COLOUR=CLASS items like #3C1098=0, got {item!r}")
-        rgb = _colour(k.strip(), "--rgb-map")
-        if rgb in out:
-            raise ConfigError(f"--rgb-map: colour {k.strip()} is given twice")
-        out[rgb] = int(v)
-    return out, None
-
-
 @click.command(short_help="Cut training chips from rasters or image/mask folders.")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--image", "images", multiple=True, type=click.Path(), help="Image raster (repeat with --label).")
@@ -50,8 +26,7 @@ def _rgb_map(spec: str | None):
 @click.option("--images", "image_dirs", multiple=True, type=click.Path(),
               help="Folder of images (JPEG/PNG/TIFF); repeat, paired with --masks.")
 @click.option("--masks", "mask_dirs", multiple=True, type=click.Path(), help="Folder of colour masks (same names).")
-@click.option("--rgb-map", default=None, metavar="SPEC",
-              help="Colour -> class: '#3C1098=0,#8429F6=1' or a config file with [mask] rgb_map.")
+@rgb_map_opt
 @click.option("--chip", type=int, default=256, show_default=True, help="Chip size (px).")
 @click.option("--stride", type=int, default=None, help="Step between chips (px) [default: the chip size].")
 @click.option("--split", "fractions", default="0.7,0.15,0.15", show_default=True,
@@ -87,7 +62,7 @@ def tile(ctx, out_dir, images, labels, image_dirs, mask_dirs, rgb_map, chip, str
 
     if bool(images or labels) == bool(image_dirs or mask_dirs):
         raise click.UsageError("give either --image/--label rasters or --images/--masks folders")
-    cmap, cfg_ignore = _rgb_map(rgb_map)
+    cmap, cfg_ignore = parse_rgb_map(rgb_map)
     opts = TileOptions(chip=chip, stride=stride, fractions=_floats3(fractions), valid_sources=valid_sources,
                        test_sources=test_sources, seed=seed,
                        ignore_index=ignore_index if ignore_index is not None else (cfg_ignore or 255),

@@ -258,9 +258,15 @@ def format_scores(scores: Scores) -> str:
 
 
 def evaluate_chips(model, image_dir: str | os.PathLike, mask_dir: str | os.PathLike,
-                   rgb_map: dict | None = None, ignore_index: int = 255, batch_size: int = 8) -> Scores:
-    """Scores of a model on test chips (image/mask folders, masks as class indexes
-    or colours through ``rgb_map``). Each chip is one window, scaled as the bundle says."""
+                   rgb_map: dict | None = None, ignore_index: int = 255, batch_size: int = 8,
+                   options=None, progress=None, ignore: Sequence[int] = ()) -> Scores:
+    """Scores of a model on image/mask folders (masks as class indexes, or colours
+    through ``rgb_map``; unmapped colours and ``ignore`` values are not counted).
+
+    A chip that fits one window (a multiple of the model's tile multiple, no larger
+    than its tile) is one batched forward pass, scaled as the bundle says; a larger
+    image (e.g. a whole Dubai tile part) is segmented with the engine, windowed and
+    overlapped as ``predict`` does with ``options``."""
     from .dataset import colour_map_lut  # noqa: PLC0415
     from .train import _read_chip, list_chips  # noqa: PLC0415
 
@@ -287,17 +293,21 @@ def evaluate_chips(model, image_dir: str | os.PathLike, mask_dir: str | os.PathL
         probs = fwd(np.stack(batch_x))
         for p, y in zip(probs, batch_y):
             pred = ids[np.argmax(p, axis=-1)]
-            conf += confusion_matrix(y, pred, list(ids), y != ignore_index)
+            conf += confusion_matrix(y, pred, list(ids), ~np.isin(y, skip))
         batch_x.clear()
         batch_y.clear()
 
-    for ip, mp in pairs:
+    m = meta.tile_multiple
+    skip = [ignore_index, *ignore]
+    for n, (ip, mp) in enumerate(pairs):
         x, y = _read_chip(ip, mp, lut, ignore_index)
         if x.shape[0] != spec.n_bands:
             raise RasterError(f"{os.path.basename(ip)} has {x.shape[0]} bands but the model takes {spec.n_bands}")
-        m = meta.tile_multiple
-        if x.shape[1] % m or x.shape[2] % m:
-            raise RasterError(f"{os.path.basename(ip)}: chip size must be a multiple of {m} for this model")
+        if progress is not None:
+            progress(n, len(pairs))
+        if x.shape[1] % m or x.shape[2] % m or max(x.shape[1:]) > meta.tile_size:
+            conf += _engine_confusion(model, ip, y, list(ids), skip, options)
+            continue
         if batch_x and x.shape[1:] != batch_x[0].shape[:2]:
             flush()
         batch_x.append(np.moveaxis(x.astype(np.float32), 0, -1) * gain + bias)
@@ -305,5 +315,28 @@ def evaluate_chips(model, image_dir: str | os.PathLike, mask_dir: str | os.PathL
         if len(batch_x) == batch_size:
             flush()
     flush()
+    if progress is not None:
+        progress(len(pairs), len(pairs))
     return scores_from_confusion(conf, [c.id for c in meta.classes], [c.name for c in meta.classes],
                                  meta.background)
+
+
+def _engine_confusion(model, image_path, truth: np.ndarray, ids: list[int], skip: list[int],
+                      options=None) -> np.ndarray:
+    """Segment one image with the engine (windows, overlap, as predict) and count it
+    against ``truth`` (already mapped to class indexes)."""
+    import tempfile  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    from .predict import PredictOptions, predict_raster  # noqa: PLC0415
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # plain photos: no georeferencing, areas in pixels - irrelevant here
+        out = Path(tmp) / "classes.tif"
+        predict_raster(image_path, out, model, options or PredictOptions(), overwrite=True)
+        import rasterio  # noqa: PLC0415
+        with rasterio.open(out) as src:
+            pred = src.read(1)
+    if pred.shape != truth.shape:
+        raise RasterError(f"{os.path.basename(str(image_path))}: image and mask sizes differ "
+                          f"({pred.shape[1]} x {pred.shape[0]} vs {truth.shape[1]} x {truth.shape[0]})")
+    return confusion_matrix(truth, pred, ids, ~np.isin(truth, skip))

@@ -105,3 +105,38 @@ def test_nc_crs_spelled_differently_is_the_same_grid(tmp_path):
     from conftest import DATA
     s = evaluate_rasters(DATA / "nc_strata.tif", DATA / "nc_strata.tif", list(range(1, 8)))
     assert s.overall_accuracy == 1.0
+
+
+def test_evaluate_whole_images_with_colour_masks(tmp_path, tiny_bundle):
+    """Folders of whole photos (larger than the model's tile, not a multiple of it)
+    with colour masks: each image is segmented windowed by the engine, colours are
+    mapped through --rgb-map, unmapped colours are not counted."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from geoseg.predict import predict_raster
+    from geoseg.model import load_model
+    from geoseg_cli.main import cli
+    import rasterio
+    rng = np.random.default_rng(5)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "msk").mkdir()
+    img = rng.integers(0, 256, (70, 93, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "img" / "part_001.png")
+    truth = rng.integers(0, 3, (70, 93))                       # 2 = a colour not in the map
+    colours = np.array([[0, 0, 255], [255, 0, 0], [0, 255, 0]], np.uint8)
+    Image.fromarray(colours[truth]).save(tmp_path / "msk" / "part_001.png")
+
+    pred_path = tmp_path / "pred.tif"
+    predict_raster(tmp_path / "img" / "part_001.png", pred_path, load_model(tiny_bundle))
+    with rasterio.open(pred_path) as src:
+        pred = src.read(1)
+    expect = confusion_matrix(truth, pred, [0, 1], truth != 2)
+    assert expect.sum() == (truth != 2).sum()
+
+    res = CliRunner().invoke(cli, ["evaluate", "--model", str(tiny_bundle), str(tmp_path / "img"),
+                                   str(tmp_path / "msk"), "--rgb-map", "#0000FF=0,#FF0000=1",
+                                   "-o", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "ev.json").read_text())
+    assert np.array(got["confusion_matrix"]).tolist() == expect.tolist()
