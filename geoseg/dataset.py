@@ -177,11 +177,15 @@ class _Writer:
         self.out = Path(out_dir)
         if self.out.exists() and any(self.out.iterdir()) and not overwrite:
             raise RasterError(f"output directory {self.out} is not empty (use --overwrite to add to it)")
-        if not self.out.parent.is_dir():
-            raise RasterError(f"parent directory does not exist: {self.out.parent}")
+        missing = [q for q in reversed(self.out.absolute().parents) if not q.exists()]
+        if any(q.parent.exists() and not q.parent.is_dir() for q in missing + [self.out]):
+            raise RasterError(f"cannot create {self.out}: a file is in the way")
         self.created_root = not self.out.exists()
         self.written: list[Path] = []
         self.made_dirs: list[Path] = []
+        for q in missing:  # like mkdir -p; removed again if tiling fails
+            self.made_dirs.append(q)
+            q.mkdir()
         for s in SPLITS:
             for kind in ("images", "masks"):
                 d = self.out / s / kind
@@ -229,7 +233,6 @@ class _Writer:
         import shutil  # noqa: PLC0415
         if self.created_root:
             shutil.rmtree(self.out, ignore_errors=True)
-            return
         for p in self.written:
             p.unlink(missing_ok=True)
         for d in reversed(self.made_dirs):

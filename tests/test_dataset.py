@@ -143,6 +143,13 @@ def test_tile_errors_leave_nothing(tmp_path, make_geotiff):
     other = make_geotiff(np.ones((1, 30, 40), np.uint8), name="other.tif")
     res = r.invoke(cli, ["tile", str(tmp_path / "o3"), "--image", str(big), "--label", str(other)])
     assert res.exit_code == 1 and "30" in res.output and not (tmp_path / "o3").exists()
+    # missing parent folders are made (mkdir -p) and removed again on failure
+    res = r.invoke(cli, ["tile", str(tmp_path / "new" / "deep" / "o4"), "--image", str(big), "--label", str(other)])
+    assert res.exit_code == 1 and not (tmp_path / "new").exists()
+    res = r.invoke(cli, ["tile", str(tmp_path / "new" / "deep" / "o5"), "--image", str(big), "--label", str(big),
+                         "--chip", "16"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "new" / "deep" / "o5" / "manifest.csv").exists()
     with pytest.raises(ConfigError):
         TileOptions(fractions=(0.5, 0.2, 0.2))
     (tmp_path / "full").mkdir()
