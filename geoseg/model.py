@@ -111,9 +111,14 @@ def build_unet(n_classes: int, n_bands: int, *, base_filters: int = 16, base_ker
 
 
 def save_model(path: str | os.PathLike, model: Any, meta: ModelMeta) -> None:
-    """Save ``model`` and ``meta`` as one ``.geoseg`` bundle (atomically)."""
+    """Save ``model`` and ``meta`` as one ``.geoseg`` bundle (atomically), without
+    optimizer state (a trained model's Adam moments would triple the file)."""
     keras_module()
     _check_model_fits(model, meta, str(path))
+    if getattr(model, "optimizer", None) is not None or getattr(model, "compiled", False):
+        plain = type(model).from_config(model.get_config())  # clone_model would keep the compile state
+        plain.set_weights(model.get_weights())
+        model = plain
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / MODEL_NAME
         model.save(f)

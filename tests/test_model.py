@@ -143,3 +143,17 @@ def test_backbone_unets(backbone, bands, tmp_path):
             build_backbone_unet(backbone, 3, bands, weights=str(tmp_path / "nope.weights.h5"))
     with pytest.raises(ModelError, match="ImageNet encoder weights need 3 input bands"):
         build_backbone_unet(backbone, 3, 5, weights="imagenet")
+
+
+def test_bundle_holds_no_optimizer_state(tmp_path):
+    import io
+    m = build_unet(2, 3, base_filters=4, num_layers=2)
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(3).random((2, 16, 16, 3), dtype=np.float32)
+    m.fit(x, np.zeros((2, 16, 16), np.int32), epochs=1, verbose=0)
+    save_model(tmp_path / "m.geoseg", m, make_meta(n_bands=3, tile=16, overlap=4, multiple=2))
+    with zipfile.ZipFile(tmp_path / "m.geoseg") as z, zipfile.ZipFile(io.BytesIO(z.read(MODEL_NAME))) as inner:
+        cfg = json.loads(inner.read("config.json"))
+    assert not cfg.get("compile_config")
+    lm = load_model(tmp_path / "m.geoseg")
+    assert np.allclose(np.asarray(lm.keras_model(x)), np.asarray(m(x)), atol=1e-6)
