@@ -165,7 +165,8 @@ def _read_chip(image_path: str, mask_path: str, lut, ignore: int) -> tuple[np.nd
     import rasterio  # noqa: PLC0415
 
     from .dataset import _read_rgb_mask, mask_to_classes  # noqa: PLC0415
-    with warnings.catch_warnings(), rasterio.Env():
+    # chips sit thousands to a folder: without READDIR GDAL lists it at every open (2x slower)
+    with warnings.catch_warnings(), rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(image_path) as s:
             x = s.read()
