@@ -53,6 +53,7 @@ class ModelConfig:
     batch_norm: bool = True
     head: str = "softmax"                   # softmax | sigmoid (binary)
     encoder_weights: str = "none"           # none | imagenet | path to a weights file
+    init_weights: str = ""                  # start from a trained model: a .geoseg bundle or .keras file
     learning_rate: float = 1e-3
     clipvalue: float | None = None
     loss: str = "categorical_crossentropy"  # categorical_crossentropy | dice | ce_dice | focal | ...

@@ -8,6 +8,7 @@ callbacks, seed-compatible configs) builds on the same model and bundle code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -157,32 +158,52 @@ def list_chips(image_dir: str | os.PathLike, mask_dir: str | os.PathLike) -> lis
 
 
 def _read_chip(image_path: str, mask_path: str, lut, ignore: int) -> tuple[np.ndarray, np.ndarray]:
-    """An image chip and its class mask. ``lut`` is a colour map (from
+    """An image chip (bands, rows, cols) and its class mask. ``lut`` is a colour map (from
     :func:`geoseg.dataset.colour_map_lut`), a ``("binarize", threshold, grayscaling)``
     rule for grey masks, or None for class-index masks."""
+    with _quiet_chips(), _fast_open():
+        return _read_chip_raw(image_path, mask_path, lut, ignore)
+
+
+def _fast_open():
+    """No GDAL directory listing at every open: chips sit thousands to a folder (2x
+    slower). rasterio's Env is per thread, so each reader thread enters its own."""
+    import rasterio  # noqa: PLC0415
+    return rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+
+
+@contextlib.contextmanager
+def _quiet_chips():
+    """No "not georeferenced" warning for chips (training never uses their georeferencing).
+    Python's warning filters are process-wide and ``catch_warnings`` is not thread-safe:
+    enter this in the main thread only; tf.data's reader threads see its filter."""
     import warnings  # noqa: PLC0415
 
     import rasterio  # noqa: PLC0415
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        yield
+
+
+def _read_chip_raw(image_path: str, mask_path: str, lut, ignore: int) -> tuple[np.ndarray, np.ndarray]:
+    import rasterio  # noqa: PLC0415
 
     from .dataset import _read_rgb_mask, mask_to_classes  # noqa: PLC0415
-    # chips sit thousands to a folder: without READDIR GDAL lists it at every open (2x slower)
-    with warnings.catch_warnings(), rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(image_path) as s:
-            x = s.read()
-        with rasterio.open(mask_path) as m:
-            if isinstance(lut, tuple) and isinstance(lut[0], str) and lut[0] == "binarize":
-                _, threshold, grayscaling = lut
-                if m.count >= 3 and grayscaling:
-                    r, g, b = m.read([1, 2, 3]).astype(np.float32)
-                    grey = 0.299 * r + 0.587 * g + 0.114 * b
-                else:
-                    grey = m.read(1)
-                y = (grey >= threshold).astype(np.uint8)
-            elif lut is not None and (m.count >= 3 or _has_palette(m)):
-                y, _ = mask_to_classes(_read_rgb_mask(m), lut, ignore)  # colour masks, seed style
+    with rasterio.open(image_path) as s:
+        x = s.read()
+    with rasterio.open(mask_path) as m:
+        if isinstance(lut, tuple) and isinstance(lut[0], str) and lut[0] == "binarize":
+            _, threshold, grayscaling = lut
+            if m.count >= 3 and grayscaling:
+                r, g, b = m.read([1, 2, 3]).astype(np.float32)
+                grey = 0.299 * r + 0.587 * g + 0.114 * b
             else:
-                y = m.read(1)  # class-index masks (geoseg tile)
+                grey = m.read(1)
+            y = (grey >= threshold).astype(np.uint8)
+        elif lut is not None and (m.count >= 3 or _has_palette(m)):
+            y, _ = mask_to_classes(_read_rgb_mask(m), lut, ignore)  # colour masks, seed style
+        else:
+            y = m.read(1)  # class-index masks (geoseg tile)
     return x, y
 
 
@@ -230,46 +251,67 @@ def chip_statistics(pairs, lut, ignore: int, n_classes: int, scale: float, offse
 
 def make_dataset(pairs, *, lut, ignore: int, gain: np.ndarray, bias: np.ndarray, batch_size: int,
                  shuffle: bool, augment: bool, seed: int, chip_hw: tuple[int, int]):
-    """A tf.data pipeline that streams chips from disk (parallel reads, prefetch):
-    random flips / 90° rotations on image and mask alike, brightness/contrast on the
-    image only."""
+    """A tf.data pipeline that streams chips from disk, a batch at a time in parallel,
+    with prefetch: random flips / 90° rotations on image and mask alike (the 8 of a
+    square chip; flips only for oblong ones), brightness/contrast on the image only.
+
+    On a small CPU host the pipeline shares the cores with the train step, so its CPU
+    cost is what slows training: one Python call reads a whole batch, and flips and
+    rotations are free views folded into the single pass that normalises the chip
+    (``bench/train_input.py`` measures the share).
+    """
     import tensorflow as tf  # noqa: PLC0415  (geoseg.model has loaded it)
 
     paths_i = [p[0] for p in pairs]
     paths_m = [p[1] for p in pairs]
     n_bands = len(gain)
     h, w = chip_hw
+    gain = np.asarray(gain, np.float32)
+    bias = np.asarray(bias, np.float32)
+    y_dtype = np.uint8 if 0 <= ignore <= 255 else np.int32
+    rng = np.random.default_rng(seed)  # thread-safe: numpy's generators hold a lock
 
-    def load(i):
-        i = int(i)
-        x, y = _read_chip(paths_i[i], paths_m[i], lut, ignore)
-        x = np.moveaxis(x.astype(np.float32), 0, -1) * gain + bias
-        return x.astype(np.float32), y.astype(np.int32)
+    def load_batch(idx):
+        xs = np.empty((len(idx), h, w, n_bands), np.float32)
+        ys = np.empty((len(idx), h, w), y_dtype)
+        draws = rng.random((len(idx), 5)) if augment else None
+        with _fast_open():
+            for j, i in enumerate(idx):
+                x, y = _read_chip_raw(paths_i[i], paths_m[i], lut, ignore)
+                if x.shape != (n_bands, h, w) or y.shape != (h, w):
+                    raise ConfigError(f"chip {os.path.basename(paths_i[i])} is {x.shape[0]} bands x "
+                                      f"{x.shape[1]} x {x.shape[2]} px (mask {y.shape[0]} x {y.shape[1]}); "
+                                      f"expected {n_bands} bands x {h} x {w}")
+                x = np.moveaxis(x, 0, -1)
+                gj, bj = gain, bias
+                if augment:
+                    d = draws[j]
+                    if d[0] < 0.5:
+                        x, y = x[:, ::-1], y[:, ::-1]
+                    if d[1] < 0.5:
+                        x, y = x[::-1], y[::-1]
+                    if d[2] < 0.5 and h == w:
+                        x, y = x.transpose(1, 0, 2), y.T
+                    contrast, brightness = 0.85 + 0.3 * d[3], -0.2 + 0.4 * d[4]
+                    # brightness / contrast on the normalised image: (x g + b) c + br
+                    gj, bj = gain * contrast, bias * contrast + brightness
+                xs[j] = x  # the one copy (and cast) of the chip
+                ys[j] = y
+                xs[j] *= gj
+                xs[j] += bj
+        return xs, ys.astype(np.int32)
 
-    def tf_load(i):
-        x, y = tf.numpy_function(load, [i], [tf.float32, tf.int32])
-        x.set_shape([h, w, n_bands])
-        y.set_shape([h, w])
+    def tf_load(idx):
+        x, y = tf.numpy_function(load_batch, [idx], [tf.float32, tf.int32])
+        x.set_shape([None, h, w, n_bands])
+        y.set_shape([None, h, w])
         return x, y
-
-    def aug(x, y):
-        y = y[..., None]
-        k = tf.random.uniform([], 0, 4, dtype=tf.int32)
-        x, y = tf.image.rot90(x, k), tf.image.rot90(y, k)
-        flip = tf.random.uniform([]) < 0.5
-        x = tf.cond(flip, lambda: tf.image.flip_left_right(x), lambda: x)
-        y = tf.cond(flip, lambda: tf.image.flip_left_right(y), lambda: y)
-        # brightness / contrast on the (normalised) image only
-        x = x * tf.random.uniform([], 0.85, 1.15) + tf.random.uniform([], -0.2, 0.2)
-        return x, y[..., 0]
 
     ds = tf.data.Dataset.range(len(pairs))
     if shuffle:
         ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
-    if augment:
-        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def make_loss(name: str, n_classes: int, ignore: int, class_weights=(), head: str = "softmax"):
@@ -436,8 +478,17 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
                           f"{m.image_width} x {m.image_height}")
     scale = t.scale or (1 / 255 if x0.dtype == np.uint8 else 1e-4 if x0.dtype == np.uint16 else 1.0)
     stats = chip_statistics(train_pairs, lut, ignore, k, scale, t.offset, seed=t.seed)
-    gain = (scale / stats.std).astype(np.float32)
-    bias = ((t.offset * scale - stats.mean) / stats.std).astype(np.float32)
+    init = _init_source(m.init_weights)
+    if init is not None and init.meta is not None and init.meta.input.n_bands == n_bands:
+        # fine-tuning: the network's first layer expects the scaling it was trained with
+        spec = init.meta.input
+        in_off, in_sc = np.asarray(spec.offset), np.asarray(spec.scale)
+        in_mean, in_std = np.asarray(spec.mean), np.asarray(spec.std)
+    else:
+        in_off, in_sc = np.full(n_bands, float(t.offset)), np.full(n_bands, float(scale))
+        in_mean, in_std = stats.mean, stats.std
+    gain = (in_sc / in_std).astype(np.float32)
+    bias = ((in_off * in_sc - in_mean) / in_std).astype(np.float32)
     keras.utils.set_random_seed(t.seed)
     kw = dict(lut=lut, ignore=ignore, gain=gain, bias=bias, batch_size=t.batch_size, seed=t.seed,
               chip_hw=(m.image_height, m.image_width))
@@ -452,6 +503,8 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
         net = build_backbone_unet(m.model, k, n_bands, weights=m.encoder_weights, head=m.head,
                                   dropout_rate=m.dropout_rate)
         multiple = 32
+    if init is not None:
+        _copy_weights(init, net, m.init_weights)
     if m.show_summary:
         net.summary()
     metric = make_confusion_metric(k, ignore, bg, m.head)
@@ -482,22 +535,23 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
         raise ConfigError(f"train.bands names {len(bands)} bands but the chips have {n_bands}")
     base_meta = ModelMeta(
         name=bundle.stem, classes=tuple(ClassInfo(i, names[i], colors[i].upper()) for i in range(k)),
-        input=InputSpec(bands, (float(t.offset),) * n_bands, (float(scale),) * n_bands,
-                        tuple(float(v) for v in stats.mean), tuple(float(v) for v in stats.std)),
+        input=InputSpec(bands, tuple(float(v) for v in in_off), tuple(float(v) for v in in_sc),
+                        tuple(float(v) for v in in_mean), tuple(float(v) for v in in_std)),
         tile_size=max(multiple, (t.tile_size // multiple) * multiple), overlap=min(t.overlap, t.tile_size // 2 - 1),
         tile_multiple=multiple, head=m.head, background=bg)
     if t.epoch_change_infer or t.epoch_change_tiledinfer:
         cbs.append(_epoch_preview_callback(keras, cfg, base_meta, val_pairs))
     (out_dir / "config.toml").write_text(config_to_toml(cfg))
     t0 = time.perf_counter()
-    hist = net.fit(ds_train, validation_data=ds_val, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
-                   validation_steps=t.validation_steps, callbacks=cbs, verbose=verbose,
-                   shuffle=False)  # the tf.data pipeline shuffles
-    seconds = time.perf_counter() - t0
-    # final validation confusion matrix with the kept (best) weights
-    metric.reset_state()
-    for xb, yb in ds_val:
-        metric.update_state(yb, net(xb, training=False))
+    with _quiet_chips():
+        hist = net.fit(ds_train, validation_data=ds_val, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
+                       validation_steps=t.validation_steps, callbacks=cbs, verbose=verbose,
+                       shuffle=False)  # the tf.data pipeline shuffles
+        seconds = time.perf_counter() - t0
+        # final validation confusion matrix with the kept (best) weights
+        metric.reset_state()
+        for xb, yb in ds_val:
+            metric.update_state(yb, net(xb, training=False))
     scores = scores_from_confusion(metric.matrix(), list(range(k)), names, bg)
     import keras as _k  # noqa: PLC0415
     from dataclasses import replace as _replace  # noqa: PLC0415
@@ -509,6 +563,7 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
         provenance={"train_chips": len(train_pairs), "valid_chips": len(val_pairs),
                     "train_images": t.image_datapath, "valid_images": cfg.eval.image_datapath,
                     "epochs_run": len(_read_history(out_dir / "history.csv").get("loss", [])), "loss": m.loss,
+                    **({"init_weights": m.init_weights} if m.init_weights else {}),
                     "learning_rate": m.learning_rate, "batch_size": t.batch_size, "seed": t.seed,
                     "keras": _k.__version__, "backend": _k.backend.backend(), "train_seconds": round(seconds, 1)},
         metrics={"validation": {"mean_iou_excluding_background": _r(scores.mean_iou),
@@ -521,6 +576,57 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
     _infer_after_training(cfg, bundle)
     return WorkflowResult(str(bundle), {kk: [float(v) for v in vv] for kk, vv in hist.history.items()}, scores,
                           seconds)
+
+
+@dataclass
+class _InitSource:
+    keras_model: object
+    meta: object  # the bundle's ModelMeta, None for a bare .keras file
+
+
+def _init_source(path: str) -> _InitSource | None:
+    """``[model] init_weights``: the trained model to start from (fine-tuning)."""
+    if not path:
+        return None
+    from pathlib import Path  # noqa: PLC0415
+
+    from .errors import GeosegError  # noqa: PLC0415
+    from .model import keras_module, load_model  # noqa: PLC0415
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"model.init_weights: file not found: {p}")
+    try:
+        if p.suffix.lower() == ".keras":
+            keras = keras_module()
+            try:
+                net = keras.saving.load_model(p, compile=False, safe_mode=True)
+            except Exception as e:  # Keras raises many types for a bad file
+                raise ConfigError(f"model.init_weights: cannot load {p}: "
+                                  f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+            return _InitSource(net, None)
+        lm = load_model(p)
+    except GeosegError as e:
+        raise ConfigError(f"model.init_weights: {e}") from None
+    return _InitSource(lm.keras_model, lm.meta)
+
+
+def _copy_weights(src: _InitSource, net, where: str) -> None:
+    """Copy every layer's weights from ``src`` into ``net`` (same architecture, layer by
+    layer). A last layer of another shape (a new class count) keeps its fresh weights."""
+    a = [lay for lay in src.keras_model.layers if lay.get_weights()]
+    b = [lay for lay in net.layers if lay.get_weights()]
+    if len(a) != len(b):
+        raise ConfigError(f"model.init_weights: {where} has {len(a)} layers with weights, the network of "
+                          f"[model] has {len(b)}: not the same architecture")
+    for i, (la, lb) in enumerate(zip(a, b)):
+        wa, wb = la.get_weights(), lb.get_weights()
+        if [w.shape for w in wa] == [w.shape for w in wb]:
+            lb.set_weights(wa)
+        elif i < len(b) - 1:
+            raise ConfigError(f"model.init_weights: layer {lb.name} of [model] has weights "
+                              f"{[tuple(w.shape) for w in wb]}, {where} has {[tuple(w.shape) for w in wa]}: "
+                              "not the same architecture")
+        # else: the classification head of another class count starts fresh
 
 
 def _epoch_preview_callback(keras, cfg, meta, val_pairs):

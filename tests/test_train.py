@@ -245,3 +245,86 @@ def test_interrupted_training_resumes_where_it_stopped(chips, monkeypatch):
     assert res.val_scores.mean_iou is not None and len(res.history["loss"]) == 2  # this run: 2 epochs
     from geoseg.bundle import read_metadata
     assert read_metadata(model_dir / "model.geoseg").provenance["epochs_run"] == 3
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (12, 20)])
+def test_augmentation_moves_image_and_mask_together(tmp_path, make_geotiff, hw):
+    """Flips/rotations are the same on image and mask; brightness/contrast touch the image
+    only (so per chip the image stays an increasing affine function of the mask)."""
+    from geoseg.model import keras_module
+    from geoseg.train import make_dataset
+    keras_module()
+    h, w = hw
+    mask = np.random.default_rng(3).integers(0, 4, (h, w)).astype(np.uint8)  # no symmetry
+    (tmp_path / "i").mkdir()
+    (tmp_path / "m").mkdir()
+    pairs = []
+    for k in range(4):
+        pairs.append((str(make_geotiff(np.stack([mask * 50 + 10, mask * 20]).astype(np.uint16), name=f"i/{k}.tif")),
+                      str(make_geotiff(mask, name=f"m/{k}.tif"))))
+    gain, bias = np.array([0.02, 0.05], np.float32), np.array([-1.0, 0.0], np.float32)
+    ds = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=4, shuffle=True,
+                      augment=True, seed=0, chip_hw=hw)
+    views = {np.rot90(mask, k).tobytes() for k in range(4)} | {np.rot90(mask.T, k).tobytes() for k in range(4)}
+    seen = set()
+    for _ in range(8):
+        for x, y in ds:
+            x, y = x.numpy(), y.numpy()
+            assert x.shape == (4, h, w, 2) and y.shape == (4, h, w) and y.dtype == np.int32
+            for xi, yi in zip(x, y):
+                seen.add(yi.astype(np.uint8).tobytes())
+                assert yi.astype(np.uint8).tobytes() in views
+                for band, (g, b) in enumerate(zip(gain, bias)):
+                    base = (yi * (50 if band == 0 else 20) + (10 if band == 0 else 0)) * g + b
+                    a, c = np.polyfit(base.ravel(), xi[..., band].ravel(), 1)
+                    assert 0.84 < a < 1.16 and abs(c) < 0.21
+                    np.testing.assert_allclose(xi[..., band], a * base + c, atol=1e-4)
+    assert len(seen) == (8 if h == w else 4)  # every rotation/flip turns up
+    # no augmentation: the chips come back as they are, normalised
+    ds = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=3, shuffle=False,
+                      augment=False, seed=0, chip_hw=hw)
+    batches = list(ds)
+    assert [len(b[1]) for b in batches] == [3, 1]
+    np.testing.assert_array_equal(batches[0][1][0].numpy(), mask)
+    np.testing.assert_allclose(batches[0][0][0].numpy()[..., 0], (mask * 50 + 10) * 0.02 - 1.0, atol=1e-5)
+
+
+def test_training_starts_from_a_trained_model(chips, tmp_path):
+    """[model] init_weights: fine-tuning starts from the bundle's weights and keeps its input
+    scaling; a new class count re-initialises only the head; another architecture is refused."""
+    from dataclasses import replace
+
+    from geoseg.bundle import InputSpec
+    from geoseg.model import build_unet, load_model, save_model
+    from geoseg.train import _copy_weights, _init_source
+    from tests.conftest import make_meta
+
+    src = build_unet(2, 6, base_filters=4, num_layers=3)
+    spec = InputSpec(("B2", "B3", "B4", "B8", "B11", "B12"), (0.0,) * 6, (1e-4,) * 6,
+                     (0.05, 0.06, 0.07, 0.2, 0.15, 0.1), (0.02, 0.03, 0.04, 0.1, 0.08, 0.06))
+    meta = replace(make_meta(n_bands=6, tile=64, multiple=4), input=spec)
+    bundle = tmp_path / "start.geoseg"
+    save_model(bundle, src, meta)
+
+    net = build_unet(3, 6, base_filters=4, num_layers=3)  # another class count: fresh head only
+    _copy_weights(_init_source(str(bundle)), net, "start.geoseg")
+    for a, b in zip(src.layers[:-1], net.layers[:-1]):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(wa, wb)
+    with pytest.raises(ConfigError, match="not the same architecture"):
+        _copy_weights(_init_source(str(bundle)), build_unet(2, 6, base_filters=8, num_layers=3), "start.geoseg")
+    with pytest.raises(ConfigError, match="model.init_weights: file not found"):
+        _init_source(str(tmp_path / "missing.geoseg"))
+
+    text = CONFIG.format(d=chips).replace('model_dir = "{d}/model"'.format(d=chips), f'model_dir = "{tmp_path}/ft"')
+    text = text.replace("learning_rate = 0.003", f'learning_rate = 1e-9\ninit_weights = "{bundle}"')
+    text = text.replace("epochs = 2", "epochs = 1\nsteps_per_epoch = 1\nvalidation_steps = 1")
+    text = text.replace("epoch_change_infer = true", "epoch_change_infer = false").split("[tiledinfer]")[0]
+    (tmp_path / "ft.toml").write_text(text)
+    res = CliRunner().invoke(cli, ["train", str(tmp_path / "ft.toml")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = load_model(tmp_path / "ft" / "model.geoseg")
+    assert out.meta.input.mean == spec.mean and out.meta.input.std == spec.std  # the start model's scaling
+    assert out.meta.provenance["init_weights"] == str(bundle)
+    np.testing.assert_allclose(out.keras_model.layers[1].get_weights()[0], src.layers[1].get_weights()[0],
+                               atol=1e-6)  # learning rate 1e-9: still the start weights
