@@ -457,9 +457,11 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
     else:
         raise ConfigError("[eval] image_datapath and mask_datapath are required (validation chips)")
     if t.validation_steps:
-        # a fixed random subset each epoch, not the first chips of the first image
+        # the same random subset every epoch (not the first chips of the first image). It is
+        # cut here: Keras, given validation_steps, would go on through the data set and score
+        # each epoch on other chips, so epochs would not be comparable for checkpoints.
         order = np.random.default_rng(t.seed).permutation(len(val_pairs))
-        val_pairs = [val_pairs[i] for i in order]
+        val_pairs = [val_pairs[i] for i in order[: t.validation_steps * t.batch_size]]
     out_dir = Path(t.model_dir)
     bundle = Path(t.output) if t.output else out_dir / "model.geoseg"
     if bundle.exists() and not overwrite:
@@ -545,7 +547,7 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
     t0 = time.perf_counter()
     with _quiet_chips():
         hist = net.fit(ds_train, validation_data=ds_val, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
-                       validation_steps=t.validation_steps, callbacks=cbs, verbose=verbose,
+                       callbacks=cbs, verbose=verbose,
                        shuffle=False)  # the tf.data pipeline shuffles
         seconds = time.perf_counter() - t0
         # final validation confusion matrix with the kept (best) weights
