@@ -495,6 +495,10 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
     kw = dict(lut=lut, ignore=ignore, gain=gain, bias=bias, batch_size=t.batch_size, seed=t.seed,
               chip_hw=(m.image_height, m.image_width))
     ds_train = make_dataset(train_pairs, shuffle=True, augment=t.augment, **kw)
+    if t.steps_per_epoch:
+        # endless (reshuffled each pass): Keras would otherwise cut an epoch short where a
+        # pass through the chips ends, so steps_per_epoch would not hold
+        ds_train = ds_train.repeat()
     ds_val = make_dataset(val_pairs, shuffle=False, augment=False, **kw)
     if m.model == "flexunet":
         net = build_unet(k, n_bands, base_filters=m.base_filters, base_kernels=m.base_kernels[0],
