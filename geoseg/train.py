@@ -662,15 +662,23 @@ def _epoch_preview_callback(keras, cfg, meta, val_pairs):
 
     class EpochPreview(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            import logging  # noqa: PLC0415
             import warnings  # noqa: PLC0415
             lm = LoadedModel(meta, self.model)
-            # quick looks of (often ungeoreferenced) chips: no "areas in pixels" noise each epoch
-            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for img in images:
-                    name = f"epoch{epoch + 1:03d}_{Path(img).stem}.png"
-                    predict_raster(img, Path(tmp) / "classes.tif", lm, opts, overwrite=True,
-                                   preview_path=out / name)
+            # quick looks of (often ungeoreferenced) chips: no "areas in pixels" noise each epoch,
+            # and no TensorFlow "retracing" notice for each new window shape of each epoch
+            tf_log = logging.getLogger("tensorflow")
+            level = tf_log.level
+            tf_log.setLevel(logging.ERROR)
+            try:
+                with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for img in images:
+                        name = f"epoch{epoch + 1:03d}_{Path(img).stem}.png"
+                        predict_raster(img, Path(tmp) / "classes.tif", lm, opts, overwrite=True,
+                                       preview_path=out / name)
+            finally:
+                tf_log.setLevel(level)
 
     return EpochPreview()
 
