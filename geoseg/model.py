@@ -136,17 +136,22 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     """Load and validate a bundle: metadata first (cheap), then Keras in safe mode."""
     meta = read_metadata(path)
     data = read_bundle_member(path, MODEL_NAME)
-    keras = keras_module()
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / MODEL_NAME
         f.write_bytes(data)
-        try:
-            model = keras.saving.load_model(f, compile=False, safe_mode=True)
-        except Exception as e:  # Keras raises many types for a bad file
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{path}: cannot load the Keras model: {msg}") from None
+        model = load_keras_file(f, where=str(path))
     _check_model_fits(model, meta, str(path))
     return LoadedModel(meta, model, str(path))
+
+
+def load_keras_file(path: str | os.PathLike, where: str = "") -> Any:
+    """A ``.keras`` file, uncompiled, in safe mode; a bad file is a one-line ModelError."""
+    keras = keras_module()
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises many types for a bad file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{where or path}: cannot load the Keras model: {msg}") from None
 
 
 def _check_model_fits(model: Any, meta: ModelMeta, where: str) -> None:

@@ -185,7 +185,35 @@ def _quiet_chips():
         yield
 
 
+@contextlib.contextmanager
+def _reader_errors():
+    """An error in the chip reader (a chip of another size, an unreadable file) reaches
+    Keras wrapped in a TensorFlow error with a Python traceback: make it one line."""
+    import re  # noqa: PLC0415
+
+    import tensorflow as tf  # noqa: PLC0415
+    try:
+        yield
+    except tf.errors.OpError as e:
+        found = re.findall(r"^\s*([\w.]*(?:Error|Exception)): (.+)$", str(e), re.MULTILINE)
+        if not found:
+            raise
+        name, msg = found[-1]
+        raise ConfigError(msg if name.startswith("geoseg.errors.") else
+                          f"cannot read a chip: {name.rsplit('.', 1)[-1]}: {msg}") from None
+
+
 def _read_chip_raw(image_path: str, mask_path: str, lut, ignore: int) -> tuple[np.ndarray, np.ndarray]:
+    import rasterio  # noqa: PLC0415
+
+    from .errors import RasterError  # noqa: PLC0415
+    try:
+        return _read_chip_pair(image_path, mask_path, lut, ignore)
+    except rasterio.errors.RasterioError as e:
+        raise RasterError(f"cannot read chip: {e}") from None
+
+
+def _read_chip_pair(image_path: str, mask_path: str, lut, ignore: int) -> tuple[np.ndarray, np.ndarray]:
     import rasterio  # noqa: PLC0415
 
     from .dataset import _read_rgb_mask, mask_to_classes  # noqa: PLC0415
@@ -268,12 +296,11 @@ def make_dataset(pairs, *, lut, ignore: int, gain: np.ndarray, bias: np.ndarray,
     h, w = chip_hw
     gain = np.asarray(gain, np.float32)
     bias = np.asarray(bias, np.float32)
-    y_dtype = np.uint8 if 0 <= ignore <= 255 else np.int32
     rng = np.random.default_rng(seed)  # thread-safe: numpy's generators hold a lock
 
     def load_batch(idx):
         xs = np.empty((len(idx), h, w, n_bands), np.float32)
-        ys = np.empty((len(idx), h, w), y_dtype)
+        ys = np.empty((len(idx), h, w), np.int32)
         draws = rng.random((len(idx), 5)) if augment else None
         with _fast_open():
             for j, i in enumerate(idx):
@@ -299,7 +326,7 @@ def make_dataset(pairs, *, lut, ignore: int, gain: np.ndarray, bias: np.ndarray,
                 ys[j] = y
                 xs[j] *= gj
                 xs[j] += bj
-        return xs, ys.astype(np.int32)
+        return xs, ys
 
     def tf_load(idx):
         x, y = tf.numpy_function(load_batch, [idx], [tf.float32, tf.int32])
@@ -549,7 +576,7 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
         cbs.append(_epoch_preview_callback(keras, cfg, base_meta, val_pairs))
     (out_dir / "config.toml").write_text(config_to_toml(cfg))
     t0 = time.perf_counter()
-    with _quiet_chips():
+    with _quiet_chips(), _reader_errors():
         hist = net.fit(ds_train, validation_data=ds_val, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
                        callbacks=cbs, verbose=verbose,
                        shuffle=False)  # the tf.data pipeline shuffles
@@ -597,19 +624,13 @@ def _init_source(path: str) -> _InitSource | None:
     from pathlib import Path  # noqa: PLC0415
 
     from .errors import GeosegError  # noqa: PLC0415
-    from .model import keras_module, load_model  # noqa: PLC0415
+    from .model import load_keras_file, load_model  # noqa: PLC0415
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"model.init_weights: file not found: {p}")
     try:
         if p.suffix.lower() == ".keras":
-            keras = keras_module()
-            try:
-                net = keras.saving.load_model(p, compile=False, safe_mode=True)
-            except Exception as e:  # Keras raises many types for a bad file
-                raise ConfigError(f"model.init_weights: cannot load {p}: "
-                                  f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
-            return _InitSource(net, None)
+            return _InitSource(load_keras_file(p), None)
         lm = load_model(p)
     except GeosegError as e:
         raise ConfigError(f"model.init_weights: {e}") from None

@@ -336,3 +336,43 @@ def test_training_starts_from_a_trained_model(chips, tmp_path):
     np.testing.assert_allclose(hist["val_loss"], hist["val_loss"][0], rtol=1e-4)  # other chips: 1.7 %
     np.testing.assert_allclose(out.keras_model.layers[1].get_weights()[0], src.layers[1].get_weights()[0],
                                atol=1e-6)  # learning rate 1e-9: still the start weights
+
+
+def test_a_bad_chip_met_while_training_is_a_one_line_error(tmp_path, make_geotiff):
+    """A chip of another size (or an unreadable one) found by the reader threads mid-run:
+    one line, exit 1, no bundle."""
+    for split in ("train", "valid"):
+        for k in range(8):
+            s = 48 if (split, k) == ("train", 5) else 32
+            make_geotiff(np.ones((3, s, s), np.uint8), name=f"{split}_images_{k}.tif")
+            make_geotiff(np.zeros((s, s), np.uint8), name=f"{split}_masks_{k}.tif")
+        for sub in ("images", "masks"):
+            (tmp_path / split / sub).mkdir(parents=True)
+            for k in range(8):
+                (tmp_path / f"{split}_{sub}_{k}.tif").rename(tmp_path / split / sub / f"{k}.tif")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""[model]
+image_width = 32
+image_height = 32
+num_classes = 2
+base_filters = 4
+num_layers = 3
+[train]
+epochs = 1
+batch_size = 4
+model_dir = "{tmp_path}/m"
+image_datapath = "{tmp_path}/train/images"
+mask_datapath = "{tmp_path}/train/masks"
+[eval]
+image_datapath = "{tmp_path}/valid/images"
+mask_datapath = "{tmp_path}/valid/masks"
+""")
+    res = CliRunner().invoke(cli, ["train", str(cfg)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == \
+        "Error: chip 5.tif is 3 bands x 48 x 48 px (mask 48 x 48); expected 3 bands x 32 x 32"
+    assert "Traceback" not in res.output and not (tmp_path / "m" / "model.geoseg").exists()
+    (tmp_path / "train" / "images" / "2.tif").write_text("not a tiff")
+    res = CliRunner().invoke(cli, ["train", str(cfg)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1].startswith("Error: cannot read chip: ")
