@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import bands_opt, overwrite_opt, parse_rgb_map, rgb_map_opt
+from .options import bands_opt, overwrite_opt, parse_rgb_map, rgb_map_opt, tta_opt
 from .progress import progress_bar
 
 
@@ -33,10 +33,11 @@ def _ints(text: str | None) -> tuple[int, ...]:
               help="Class left out of the means [default: the model's, else none].")
 @rgb_map_opt
 @bands_opt
+@tta_opt
 @overwrite_opt
 @click.pass_context
 def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, background, rgb_map, bands,
-             overwrite):
+             tta, overwrite):
     """Confusion matrix, per-class IoU, Dice/F1, precision and recall, overall
     accuracy, and mean IoU / mean Dice excluding the background class.
 
@@ -65,6 +66,8 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
         for suffix in (".csv", ".json", "_confusion.png"):
             check_output_path(str(prefix) + suffix, [prediction, truth], overwrite, "output")
     quiet = ctx.obj["quiet"]
+    if tta != "none" and not model_path:
+        raise click.UsageError("--tta applies to a model: give --model")
     if model_path and Path(prediction).is_dir():
         from geoseg.evaluate import evaluate_chips
         from geoseg.predict import PredictOptions
@@ -72,7 +75,7 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
         with progress_bar("evaluating", quiet) as cb:
             scores = evaluate_chips(model_path, prediction, truth, rgb_map=cmap,
                                     ignore_index=255 if cfg_ignore is None else cfg_ignore, ignore=ign,
-                                    options=PredictOptions(bands=parse_bands_option(bands)), progress=cb)
+                                    options=PredictOptions(bands=parse_bands_option(bands), tta=tta), progress=cb)
         if background is not None:
             from geoseg.evaluate import scores_from_confusion
             scores = scores_from_confusion(scores.confusion, scores.class_ids, scores.class_names, background)
@@ -84,7 +87,7 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
             from dataclasses import replace
             lm.meta = replace(lm.meta, background=background)
         with progress_bar("segmenting", quiet) as cb:
-            scores = evaluate_model_on_raster(lm, prediction, truth, PredictOptions(bands=parse_bands_option(bands)),
+            scores = evaluate_model_on_raster(lm, prediction, truth, PredictOptions(bands=parse_bands_option(bands), tta=tta),
                                               nd, ign, progress=cb)
     else:
         with open_raster(prediction) as p:

@@ -3,6 +3,7 @@
 - ``overwrite_opt``: --overwrite                   (predict, areas, demo)
 - ``rgb_map_opt`` + ``parse_rgb_map``: --rgb-map  (tile, evaluate)
 - ``tile_size_opt``, ``overlap_opt``, ``batch_size_opt``, ``blend_opt``, ``bands_opt``   (predict)
+- ``tta_opt``: --tta                                (predict, evaluate)
 """
 
 import click
@@ -21,6 +22,9 @@ blend_opt = click.option("--blend", type=click.Choice(["crop", "cosine"]), defau
 bands_opt = click.option("--bands", default=None, metavar="LIST",
                          help="Raster bands feeding the model, in the model's order: 1-based indexes "
                               "or band descriptions, e.g. 2,3,4,8,11,12 [default: by name, else in order].")
+tta_opt = click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default="none", show_default=True,
+                       help="Test-time augmentation: average the probabilities of each window's 4 flips "
+                            "(flip, 4x the model time) or of its 8 flips and rotations (d4, 8x).")
 rgb_map_opt = click.option("--rgb-map", default=None, metavar="SPEC",
                            help="Colour masks -> classes: '#3C1098=0,#8429F6=1' or a config file with "
                                 "[mask] rgb_map.")

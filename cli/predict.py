@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import bands_opt, batch_size_opt, blend_opt, overlap_opt, overwrite_opt, tile_size_opt
+from .options import bands_opt, batch_size_opt, blend_opt, overlap_opt, overwrite_opt, tile_size_opt, tta_opt
 from .progress import progress_bar
 
 
@@ -17,6 +17,7 @@ from .progress import progress_bar
 @overlap_opt
 @batch_size_opt
 @blend_opt
+@tta_opt
 @bands_opt
 @click.option("--areas", is_flag=True, help="Also write OUTPUT_areas.csv: pixels, m², ha, km² and % per class.")
 @click.option("--confidence", is_flag=True, help="Also write OUTPUT_confidence.tif: winning probability in %.")
@@ -24,7 +25,7 @@ from .progress import progress_bar
 @click.option("--cog", is_flag=True, help="Write Cloud-Optimised GeoTIFFs.")
 @overwrite_opt
 @click.pass_context
-def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, bands, areas, confidence, preview,
+def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, bands, areas, confidence, preview,
             cog, overwrite):
     """Segment INPUT rasters with MODEL (a .geoseg bundle) into class GeoTIFFs.
 
@@ -37,6 +38,7 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, bands, ar
     Examples:
       geoseg predict water.geoseg S2_scene.tif water.tif --areas --preview
       geoseg predict water.geoseg S2_scene.tif water.tif --blend cosine --overlap 64
+      geoseg predict dubai.geoseg photo.jpg classes.tif --tta d4
       geoseg predict water.geoseg stack.tif water.tif --bands 2,3,4,8,11,12
       geoseg predict water.geoseg scenes/*.tif results/ --areas --cog
     """
@@ -50,7 +52,7 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, bands, ar
     *srcs, out = inputs
     quiet = ctx.obj["quiet"]
     opts = PredictOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, blend=blend,
-                          bands=parse_bands_option(bands), confidence=confidence)
+                          bands=parse_bands_option(bands), confidence=confidence, tta=tta)
     out_p = Path(out)
     if len(srcs) > 1 and not out_p.is_dir():
         raise click.ClickException(f"with several inputs the output must be an existing directory: {out}")

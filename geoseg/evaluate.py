@@ -280,7 +280,9 @@ def evaluate_chips(model, image_dir: str | os.PathLike, mask_dir: str | os.PathL
     lut = colour_map_lut(rgb_map) if rgb_map else None
     gain = (np.array(spec.scale) / np.array(spec.std)).astype(np.float32)
     bias = ((np.array(spec.offset) * np.array(spec.scale) - np.array(spec.mean)) / np.array(spec.std)).astype(np.float32)
-    fwd = make_forward(model.keras_model, meta.tile_size, spec.n_bands, meta.head)
+    from .predict import PredictOptions, tta_forward  # noqa: PLC0415
+    fwd = tta_forward(make_forward(model.keras_model, meta.tile_size, spec.n_bands, meta.head),
+                      (options or PredictOptions()).tta)
     ids = np.array([c.id for c in meta.classes], np.uint8)
     k = len(ids)
     conf = np.zeros((k, k), np.int64)

@@ -98,6 +98,16 @@ def test_evaluate_cli_raster_and_model(tmp_path, tiny_bundle, rgb_byte):
     assert res.exit_code == 1 and "exists" in res.output
     res = r.invoke(cli, ["evaluate", str(pred), str(TRUTH)])
     assert res.exit_code == 1 and "px but the truth is" in res.output
+    # test-time augmentation: evaluate --model --tta scores what predict --tta writes
+    pred4 = tmp_path / "pred4.tif"
+    assert r.invoke(cli, ["predict", str(tiny_bundle), str(rgb_byte), str(pred4), "--tta", "flip"]).exit_code == 0
+    res = r.invoke(cli, ["evaluate", "--model", str(tiny_bundle), str(rgb_byte), str(truth), "--tta", "flip"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == json.loads(r.invoke(cli, ["evaluate", str(pred4), str(truth)]).stdout)
+    with rasterio.open(pred) as a, rasterio.open(pred4) as b:
+        assert (a.read(1) != b.read(1)).any()  # the untrained model is not flip-symmetric
+    res = r.invoke(cli, ["evaluate", str(pred), str(truth), "--tta", "d4"])
+    assert res.exit_code == 2 and "--tta applies to a model" in res.output
 
 
 def test_nc_crs_spelled_differently_is_the_same_grid(tmp_path):

@@ -293,3 +293,76 @@ def test_progress_reported_from_calling_thread(make_geotiff, tmp_path, fake_mode
     assert calls and all(c[2] for c in calls)
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
     assert calls[-1][:2] == (20, 20)  # 5 x 4 blocks of 48 px
+
+
+def directional_forward():
+    """A 'model' that is not symmetric at all: class 1 from running sums along rows and
+    columns and the pixel's row, so every flip or rotation changes its answer."""
+    def fwd(x):
+        h = x.shape[1]
+        z = (np.cumsum(x[..., 0], axis=2) / x.shape[2] - np.cumsum(x[..., 1], axis=1) / h
+             + np.arange(h, dtype=np.float32)[None, :, None] / h - 0.3 * x[..., 2])
+        p = 1.0 / (1.0 + np.exp(-4.0 * z))
+        return np.stack([1 - p, p], -1).astype(np.float32)
+    return fwd
+
+
+D4 = [lambda a: a, lambda a: a[:, ::-1], lambda a: a[:, :, ::-1], lambda a: a[:, ::-1, ::-1],
+      lambda a: a.transpose(0, 2, 1, 3), lambda a: np.rot90(a, 1, axes=(1, 2)),
+      lambda a: np.rot90(a, -1, axes=(1, 2)), lambda a: np.rot90(a, 1, axes=(1, 2))[:, ::-1]]
+
+
+@pytest.mark.parametrize("mode, n_sym", [("flip", 4), ("d4", 8)])
+def test_tta_output_is_equivariant_for_any_model(mode, n_sym):
+    """Averaging mapped-back views makes the output follow the image under each symmetry
+    of the mode, even for a model that ignores symmetry: wrong inverses would break it."""
+    from geoseg.predict import tta_forward
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 24, 24, 3)).astype(np.float32)
+    fwd = directional_forward()
+    g = tta_forward(fwd, mode)
+    gx = g(x)
+    assert gx.shape == (2, 24, 24, 2) and np.allclose(gx.sum(-1), 1, atol=1e-5)
+    for k, t in enumerate(D4):
+        same = np.allclose(g(np.ascontiguousarray(t(x))), t(gx), atol=1e-5)
+        assert same == (k < n_sym), (mode, k)           # the flips only for "flip"; all 8 for "d4"
+        if k:
+            assert not np.allclose(fwd(np.ascontiguousarray(t(x))), t(fwd(x)), atol=1e-3)  # the model is not
+    # an oblong window keeps its shape; a pointwise model is unchanged by TTA
+    xo = rng.random((1, 16, 40, 3)).astype(np.float32)
+    assert g(xo).shape == (1, 16, 40, 2)
+    assert np.allclose(tta_forward(threshold_forward(), mode)(xo), threshold_forward()(xo), atol=1e-6)
+    assert tta_forward(fwd, "none") is fwd
+    with pytest.raises(ConfigError, match="one of none, flip, d4"):
+        tta_forward(fwd, "d8")
+
+
+def test_tta_through_the_engine(make_geotiff, tmp_path):
+    """predict --tta: every window is seen 8 times; a pointwise model gives the same
+    classes; a one-window raster gives the argmax of the averaged views."""
+    from geoseg.predict import tta_forward
+    meta = make_meta(tile=32, overlap=8)
+    img = smooth_image(70, 45)
+    src = make_geotiff(img)
+    calls = []
+
+    def counting(x):
+        calls.append(x.shape)
+        return threshold_forward()(x)
+    plain = run(src, tmp_path / "a.tif", LoadedModel(meta, None), threshold_forward())
+    tta = run(src, tmp_path / "b.tif", LoadedModel(meta, None), counting, options=PredictOptions(tta="d4"))
+    assert len(calls) == 8 * tta.batches
+    with rasterio.open(plain.output) as a, rasterio.open(tta.output) as b:
+        assert (a.read(1) == b.read(1)).all()
+        assert b.tags()["GEOSEG_TTA"] == "d4" and a.tags()["GEOSEG_TTA"] == "none"
+    small = smooth_image(32, 32, seed=5)
+    src1 = make_geotiff(small)
+    fwd = directional_forward()
+    r = run(src1, tmp_path / "c.tif", LoadedModel(meta, None), fwd, options=PredictOptions(tta="flip"))
+    with rasterio.open(r.output) as ds:
+        out = ds.read(1)
+    x = np.moveaxis(small, 0, -1)[None]
+    assert (out == np.argmax(tta_forward(fwd, "flip")(x)[0], -1)).all()
+    assert not (out == np.argmax(fwd(x)[0], -1)).all()
+    with pytest.raises(ConfigError, match="tta must be one of"):
+        PredictOptions(tta="yes")
