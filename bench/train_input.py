@@ -3,8 +3,9 @@
     .venv/bin/python bench/train_input.py [--chip 128] [--batch-size 8] [--steps 20]
 
 Cuts chips from the bundled Sentinel-2 scene with ``geoseg tile``, then trains the
-same FlexUNet for the same steps twice, side by side: fed by geoseg's streaming
-tf.data pipeline (reads from disk, augmentation), and fed from batches already in
+same FlexUNet for the same steps, side by side: fed by geoseg's streaming tf.data
+pipeline (reads from disk, augmentation), by its Keras PyDataset pipeline (the one
+backends without TensorFlow use, e.g. JAX on a GPU host), and from batches already in
 memory. Input wait share = 1 - (in-memory step time / streaming step time).
 Goal: <= 10 %. The train step is compiled as ``geoseg train`` compiles it (XLA, with
 the confusion-matrix metric); a third run without XLA gives the XLA speed-up.
@@ -44,7 +45,11 @@ def main():
         gain = (1e-4 / st.std).astype(np.float32)
         bias = (-st.mean / st.std).astype(np.float32)
         ds = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=args.batch_size,
-                          shuffle=True, augment=True, seed=1, chip_hw=(args.chip, args.chip)).repeat()
+                          shuffle=True, augment=True, seed=1, chip_hw=(args.chip, args.chip), endless=True,
+                          pipeline="tf.data")
+        ds_keras = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=args.batch_size,
+                                shuffle=True, augment=True, seed=1, chip_hw=(args.chip, args.chip), endless=True,
+                                pipeline="keras")
         mem = [b for b in ds.take(args.steps)]
         ds_mem = tf.data.Dataset.from_tensor_slices(
             (tf.concat([x for x, _ in mem], 0), tf.concat([y for _, y in mem], 0))).batch(args.batch_size).repeat()
@@ -67,22 +72,27 @@ def main():
         in_cpu, in_wall = (time.process_time() - c0) / (3 * args.steps), (time.perf_counter() - w0) / (3 * args.steps)
         del it
 
-        res = {"stream": [], "memory": [], "nojit": []}
+        res = {"stream": [], "keras": [], "memory": [], "nojit": []}
         for _ in range(args.repeat):  # interleaved: all see the same machine load
             res["stream"].append(run(ds))
+            res["keras"].append(run(ds_keras))
             res["memory"].append(run(ds_mem))
             res["nojit"].append(run(ds, jit=False))
-    ts, tm, tn = (float(np.median(res[k])) for k in ("stream", "memory", "nojit"))
+    ts, tk, tm, tn = (float(np.median(res[k])) for k in ("stream", "keras", "memory", "nojit"))
     shares = [max(0.0, 1 - m / s) for s, m in zip(res["stream"], res["memory"])]
+    kshares = [max(0.0, 1 - m / s) for s, m in zip(res["keras"], res["memory"])]
     print(f"{len(pairs)} chips of {args.chip}² x 6 bands, batch {args.batch_size}, {args.steps} steps, "
           f"FlexUNet base {args.base_filters}")
     print(f"streaming from disk: {ts:.3f} s/step  ({args.batch_size / ts:.1f} chips/s)")
+    print(f"streaming, PyDataset: {tk:.3f} s/step  ({args.batch_size / tk:.1f} chips/s)")
     print(f"from memory:         {tm:.3f} s/step  ({args.batch_size / tm:.1f} chips/s)")
     print(f"streaming, no XLA:   {tn:.3f} s/step  ({args.batch_size / tn:.1f} chips/s)")
     print(f"input pipeline alone: {in_wall * 1e3:.0f} ms/batch wall, {in_cpu * 1e3:.0f} ms/batch CPU "
           f"({in_cpu / (tm * os.cpu_count()):.3f} of the cores' time in one in-memory step)")
     print(f"input wait share per run: {', '.join(f'{v:.3f}' for v in shares)}")
-    print(f"INPUT WAIT SHARE = {max(0.0, 1 - tm / ts):.3f} (medians)   (goal <= 0.10)")
+    print(f"input wait share per run, PyDataset pipeline: {', '.join(f'{v:.3f}' for v in kshares)}")
+    print(f"INPUT WAIT SHARE = {max(0.0, 1 - tm / ts):.3f} tf.data, {max(0.0, 1 - tm / tk):.3f} PyDataset "
+          "(medians)   (goal <= 0.10)")
     print(f"XLA SPEED-UP = {tn / ts:.2f}x")
 
 

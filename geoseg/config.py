@@ -114,6 +114,7 @@ class TrainConfig:
     background: int = 0                     # left out of the headline means (-1: none)
     class_weights: tuple[float, ...] = ()
     augment: bool = True
+    input_pipeline: str = "auto"            # auto | tf.data | keras (PyDataset: any backend, no TensorFlow)
     tile_size: int = 256                    # recommended inference window for the bundle
     overlap: int = 32
 
@@ -126,6 +127,8 @@ class TrainConfig:
             raise ConfigError(f"train.reducer_factor must be in (0, 1), got {self.reducer_factor}")
         if self.patience < 0 or self.reducer_patience < 0:
             raise ConfigError("train.patience and train.reducer_patience must not be negative")
+        if self.input_pipeline not in ("auto", "tf.data", "keras"):
+            raise ConfigError(f"train.input_pipeline must be auto, tf.data or keras, got {self.input_pipeline!r}")
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,18 @@
 """Keras models: the UNet, saving/loading bundles, and the compiled forward pass.
 
-This is the only geoseg module that imports TensorFlow/Keras, and it does so lazily,
-inside functions, so ``import geoseg`` stays light (the QGIS plugin and ``geoseg
-areas`` never pay for TensorFlow). Keras 3 runs on TensorFlow by default; with
-``KERAS_BACKEND=jax`` the same code runs on JAX (jit-compiled forward pass).
+This is the only geoseg module that imports TensorFlow/Keras (:func:`keras_module`,
+:func:`tensorflow_module`), and it does so lazily, inside functions, so ``import
+geoseg`` stays light (the QGIS plugin and ``geoseg areas`` never pay for TensorFlow).
+Keras 3 runs on TensorFlow where it is installed; with ``KERAS_BACKEND=jax``, or
+where TensorFlow is absent and JAX is installed (a GPU host with JAX only), the same
+code runs on JAX: jit-compiled forward pass, training fed by a Keras PyDataset.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +43,16 @@ def _preload_sqlite() -> None:
 
 
 def keras_module():
-    """Import and return ``keras`` (Keras 3), with a clear error when it is missing."""
+    """Import and return ``keras`` (Keras 3), with a clear error when it is missing.
+
+    Without ``KERAS_BACKEND`` set, Keras would pick TensorFlow even where only JAX is
+    installed (and fail to import): then JAX is chosen."""
+    import importlib.util  # noqa: PLC0415
     _preload_sqlite()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if ("KERAS_BACKEND" not in os.environ and "keras" not in sys.modules
+            and importlib.util.find_spec("tensorflow") is None and importlib.util.find_spec("jax") is not None):
+        os.environ["KERAS_BACKEND"] = "jax"
     try:
         import keras  # noqa: PLC0415
     except ImportError as e:
@@ -52,6 +62,16 @@ def keras_module():
     if int(keras.__version__.split(".")[0]) < 3:
         raise MissingDependencyError(f"Keras 3 is needed, found {keras.__version__}")
     return keras
+
+
+def tensorflow_module():
+    """``tensorflow`` when Keras runs on it (the tf.data input pipeline, tf.function
+    inference), else None."""
+    keras = keras_module()
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf  # noqa: PLC0415
+    return tf
 
 
 def build_unet(n_classes: int, n_bands: int, *, base_filters: int = 16, base_kernels: int = 3,

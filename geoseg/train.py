@@ -2,8 +2,9 @@
 
 This is the small, honest trainer the bundled demo model is made with (and that
 tests use). It holds the chosen rows of one scene in memory, so it suits sample
-scenes; the full workflow (tiling big rasters and folders, streaming tf.data,
-callbacks, seed-compatible configs) builds on the same model and bundle code.
+scenes; the full workflow (tiling big rasters and folders, chips streamed from
+disk through tf.data or a Keras PyDataset, callbacks, seed-compatible configs)
+builds on the same model and bundle code.
 """
 
 from __future__ import annotations
@@ -110,7 +111,6 @@ def train_on_raster(image_path: str | os.PathLike, label_path: str | os.PathLike
     hist = model.fit(batches(), epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose, callbacks=cb,
                      shuffle=False)
     seconds = time.perf_counter() - t0
-    import keras as _k  # noqa: PLC0415
     meta = ModelMeta(
         name=name, classes=tuple(classes),
         input=InputSpec(tuple(bands), tuple(float(v) for v in off), tuple(float(v) for v in sc),
@@ -123,7 +123,7 @@ def train_on_raster(image_path: str | os.PathLike, label_path: str | os.PathLike
         provenance={"trained_on": os.path.basename(str(image_path)), "label": os.path.basename(str(label_path)),
                     "rows": [r0, r1], "chip": chip, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                     "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
-                    "keras": _k.__version__, "backend": _k.backend.backend(),
+                    "keras": keras.__version__, "backend": keras.backend.backend(),
                     "train_seconds": round(seconds, 1)},
     )
     return TrainResult(meta, model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}, seconds)
@@ -185,16 +185,22 @@ def _quiet_chips():
         yield
 
 
+class _NeverRaised(Exception):
+    pass
+
+
 @contextlib.contextmanager
 def _reader_errors():
     """An error in the chip reader (a chip of another size, an unreadable file) reaches
     Keras wrapped in a TensorFlow error with a Python traceback: make it one line."""
     import re  # noqa: PLC0415
-
-    import tensorflow as tf  # noqa: PLC0415
+    from .model import tensorflow_module  # noqa: PLC0415
+    tf = tensorflow_module()
+    # another backend: reader errors arrive as they were raised
+    op_error: type[BaseException] = tf.errors.OpError if tf is not None else _NeverRaised
     try:
         yield
-    except tf.errors.OpError as e:
+    except op_error as e:
         found = re.findall(r"^\s*([\w.]*(?:Error|Exception)): (.+)$", str(e), re.MULTILINE)
         if not found:
             raise
@@ -277,28 +283,25 @@ def chip_statistics(pairs, lut, ignore: int, n_classes: int, scale: float, offse
     return ChipStats(dtype or "uint8", len(mean), mean, std, counts)
 
 
-def make_dataset(pairs, *, lut, ignore: int, gain: np.ndarray, bias: np.ndarray, batch_size: int,
-                 shuffle: bool, augment: bool, seed: int, chip_hw: tuple[int, int]):
-    """A tf.data pipeline that streams chips from disk, a batch at a time in parallel,
-    with prefetch: random flips / 90° rotations on image and mask alike (the 8 of a
-    square chip; flips only for oblong ones), brightness/contrast on the image only.
+def _batch_loader(pairs, *, lut, ignore: int, gain: np.ndarray, bias: np.ndarray, augment: bool,
+                  chip_hw: tuple[int, int]):
+    """``load(idx, rng) -> (x, y)``: the chips ``idx`` read, checked, augmented and
+    normalised into one (N, h, w, bands) float32 batch and its (N, h, w) int32 masks.
 
-    On a small CPU host the pipeline shares the cores with the train step, so its CPU
-    cost is what slows training: one Python call reads a whole batch, and flips and
-    rotations are free views folded into the single pass that normalises the chip
-    (``bench/train_input.py`` measures the share).
+    Random flips / 90° rotations on image and mask alike (the 8 of a square chip;
+    flips only for oblong ones), brightness/contrast on the image only. On a small CPU
+    host the loader shares the cores with the train step, so its CPU cost is what slows
+    training: flips and rotations are free views folded into the single pass that
+    normalises the chip (``bench/train_input.py`` measures the share).
     """
-    import tensorflow as tf  # noqa: PLC0415  (geoseg.model has loaded it)
-
     paths_i = [p[0] for p in pairs]
     paths_m = [p[1] for p in pairs]
     n_bands = len(gain)
     h, w = chip_hw
     gain = np.asarray(gain, np.float32)
     bias = np.asarray(bias, np.float32)
-    rng = np.random.default_rng(seed)  # thread-safe: numpy's generators hold a lock
 
-    def load_batch(idx):
+    def load(idx, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         xs = np.empty((len(idx), h, w, n_bands), np.float32)
         ys = np.empty((len(idx), h, w), np.int32)
         draws = rng.random((len(idx), 5)) if augment else None
@@ -327,9 +330,52 @@ def make_dataset(pairs, *, lut, ignore: int, gain: np.ndarray, bias: np.ndarray,
                 xs[j] *= gj
                 xs[j] += bj
         return xs, ys
+    return load
+
+
+PIPELINES = ("auto", "tf.data", "keras")
+
+
+def _pipeline_kind(pipeline: str) -> str:
+    """``[train] input_pipeline``: "auto" is tf.data under the TensorFlow backend and a
+    Keras PyDataset (reader threads) under any other (JAX, where TensorFlow may be absent)."""
+    from .model import keras_module  # noqa: PLC0415
+    backend = keras_module().backend.backend()
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"train.input_pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+    if pipeline == "auto":
+        return "tf.data" if backend == "tensorflow" else "keras"
+    if pipeline == "tf.data" and backend != "tensorflow":
+        raise ConfigError(f"train.input_pipeline = \"tf.data\" needs the TensorFlow backend (Keras runs on "
+                          f"{backend}); use \"keras\" or \"auto\"")
+    return pipeline
+
+
+def make_dataset(pairs, *, lut, ignore: int, gain: np.ndarray, bias: np.ndarray, batch_size: int,
+                 shuffle: bool, augment: bool, seed: int, chip_hw: tuple[int, int], endless: bool = False,
+                 pipeline: str = "auto"):
+    """Batches of chips streamed from disk, read a batch at a time in parallel ahead of
+    the train step (see :func:`_batch_loader` for augmentation and scaling).
+
+    ``endless``: an unending stream, reshuffled at each pass through the chips (for
+    ``fit`` with ``steps_per_epoch``, so that every epoch has its steps); otherwise one
+    pass. ``pipeline``: ``"tf.data"`` (``tf.numpy_function`` per batch, parallel map,
+    prefetch) or ``"keras"`` (a ``keras.utils.PyDataset`` with reader threads: any
+    backend, no TensorFlow needed); ``"auto"`` picks tf.data under TensorFlow.
+    """
+    load = _batch_loader(pairs, lut=lut, ignore=ignore, gain=gain, bias=bias, augment=augment,
+                         chip_hw=chip_hw)
+    if _pipeline_kind(pipeline) == "keras":
+        return _keras_batches(load, len(pairs), batch_size, shuffle, seed, endless)
+    from .model import tensorflow_module  # noqa: PLC0415
+    tf = tensorflow_module()
+
+    h, w = chip_hw
+    n_bands = len(gain)
+    rng = np.random.default_rng(seed)  # thread-safe: numpy's generators hold a lock
 
     def tf_load(idx):
-        x, y = tf.numpy_function(load_batch, [idx], [tf.float32, tf.int32])
+        x, y = tf.numpy_function(lambda i: load(i, rng), [idx], [tf.float32, tf.int32])
         x.set_shape([None, h, w, n_bands])
         y.set_shape([None, h, w])
         return x, y
@@ -337,8 +383,68 @@ def make_dataset(pairs, *, lut, ignore: int, gain: np.ndarray, bias: np.ndarray,
     ds = tf.data.Dataset.range(len(pairs))
     if shuffle:
         ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+    if endless:
+        ds = ds.repeat()
     ds = ds.batch(batch_size).map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _keras_batches(load, n: int, batch_size: int, shuffle: bool, seed: int, endless: bool):
+    """A ``keras.utils.PyDataset`` over the chips: batch ``g`` of the stream holds the
+    chips at positions ``g*B .. g*B+B-1`` of the passes' orders (a fresh permutation
+    per pass when shuffling), augmented with a generator seeded by (seed, g): the same
+    batches in any thread order."""
+    import math  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from .model import keras_module  # noqa: PLC0415
+    keras = keras_module()
+    workers = max(1, min(4, os.cpu_count() or 1))
+
+    class ChipBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=2 * workers)
+            self._orders: dict[int, np.ndarray] = {}
+            self._lock = threading.Lock()
+            self._epoch = 0
+
+        @property
+        def num_batches(self):
+            return None if endless else math.ceil(n / batch_size)
+
+        def _order(self, p: int) -> np.ndarray:
+            with self._lock:
+                if p not in self._orders:
+                    self._orders[p] = (np.random.default_rng([seed, p]).permutation(n) if shuffle
+                                       else np.arange(n))
+                    for old in [q for q in self._orders if q < p - 2]:
+                        del self._orders[old]
+                return self._orders[p]
+
+        def __getitem__(self, g: int):
+            if endless:
+                pos = np.arange(g * batch_size, (g + 1) * batch_size)
+                idx = np.array([self._order(int(q // n))[q % n] for q in pos])
+                return load(idx, np.random.default_rng([seed, 1, g]))
+            if not 0 <= g * batch_size < n:
+                raise IndexError(g)
+            idx = self._order(self._epoch)[g * batch_size:(g + 1) * batch_size]
+            return load(idx, np.random.default_rng([seed, 2, self._epoch, g]))
+
+        def on_epoch_end(self):
+            self._epoch += 1  # one pass done: the next one in another order
+
+    return ChipBatches()
+
+
+def _batches(ds):
+    """Iterate a data set from :func:`make_dataset` (one pass) as numpy/tensor batches."""
+    if hasattr(ds, "num_batches") and hasattr(ds, "__getitem__"):
+        for g in range(ds.num_batches):
+            yield ds[g]
+        ds.on_epoch_end()
+    else:
+        yield from ds
 
 
 def make_loss(name: str, n_classes: int, ignore: int, class_weights=(), head: str = "softmax"):
@@ -520,12 +626,11 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
     bias = ((in_off * in_sc - in_mean) / in_std).astype(np.float32)
     keras.utils.set_random_seed(t.seed)
     kw = dict(lut=lut, ignore=ignore, gain=gain, bias=bias, batch_size=t.batch_size, seed=t.seed,
-              chip_hw=(m.image_height, m.image_width))
-    ds_train = make_dataset(train_pairs, shuffle=True, augment=t.augment, **kw)
-    if t.steps_per_epoch:
-        # endless (reshuffled each pass): Keras would otherwise cut an epoch short where a
-        # pass through the chips ends, so steps_per_epoch would not hold
-        ds_train = ds_train.repeat()
+              chip_hw=(m.image_height, m.image_width), pipeline=t.input_pipeline)
+    # endless (reshuffled each pass): Keras would otherwise cut an epoch short where a
+    # pass through the chips ends, so steps_per_epoch would not hold
+    steps = t.steps_per_epoch or -(-len(train_pairs) // t.batch_size)
+    ds_train = make_dataset(train_pairs, shuffle=True, augment=t.augment, endless=True, **kw)
     ds_val = make_dataset(val_pairs, shuffle=False, augment=False, **kw)
     if m.model == "flexunet":
         net = build_unet(k, n_bands, base_filters=m.base_filters, base_kernels=m.base_kernels[0],
@@ -577,16 +682,15 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
     (out_dir / "config.toml").write_text(config_to_toml(cfg))
     t0 = time.perf_counter()
     with _quiet_chips(), _reader_errors():
-        hist = net.fit(ds_train, validation_data=ds_val, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
+        hist = net.fit(ds_train, validation_data=ds_val, epochs=t.epochs, steps_per_epoch=steps,
                        callbacks=cbs, verbose=verbose,
-                       shuffle=False)  # the tf.data pipeline shuffles
+                       shuffle=False)  # the input pipeline shuffles
         seconds = time.perf_counter() - t0
         # final validation confusion matrix with the kept (best) weights
         metric.reset_state()
-        for xb, yb in ds_val:
+        for xb, yb in _batches(ds_val):
             metric.update_state(yb, net(xb, training=False))
     scores = scores_from_confusion(metric.matrix(), list(range(k)), names, bg)
-    import keras as _k  # noqa: PLC0415
     from dataclasses import replace as _replace  # noqa: PLC0415
     meta = _replace(
         base_meta,
@@ -598,7 +702,7 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress=None) -> W
                     "epochs_run": len(_read_history(out_dir / "history.csv").get("loss", [])), "loss": m.loss,
                     **({"init_weights": m.init_weights} if m.init_weights else {}),
                     "learning_rate": m.learning_rate, "batch_size": t.batch_size, "seed": t.seed,
-                    "keras": _k.__version__, "backend": _k.backend.backend(), "train_seconds": round(seconds, 1)},
+                    "keras": keras.__version__, "backend": keras.backend.backend(), "train_seconds": round(seconds, 1)},
         metrics={"validation": {"mean_iou_excluding_background": _r(scores.mean_iou),
                                 "mean_dice_excluding_background": _r(scores.mean_dice),
                                 "overall_accuracy": _r(scores.overall_accuracy),

@@ -46,3 +46,24 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+
+# The tests also run geoseg on Keras' JAX backend with no TensorFlow installed (as on a
+# GPU host that has JAX only): a second, plain environment (pip packages only, numpy 2).
+if [ -n "$extra" ]; then
+  jstamp=".venv-jax/.geoseg-installed"
+  if [ ! -f "$jstamp" ] || [ setup.cfg -nt "$jstamp" ] || [ scripts/bootstrap.sh -nt "$jstamp" ]; then
+    echo "bootstrap: creating .venv-jax (Keras on JAX, no TensorFlow) for the tests" >&2
+    [ -x .venv-jax/bin/python ] || /usr/bin/python3 -m venv .venv-jax
+    log=.venv-jax/pip-install.log
+    if ! { .venv-jax/bin/python -m pip install --disable-pip-version-check --upgrade "pip>=23" &&
+           .venv-jax/bin/python -m pip install --disable-pip-version-check "jax>=0.4.30" "keras>=3.8" \
+             "rasterio>=1.4,<1.5" "click>=8.1" "pyproj>=3.6" "shapely>=2.0" "pyogrio>=0.7" "matplotlib>=3.8" \
+             "attrs>=23.2" &&
+           .venv-jax/bin/python -m pip install --disable-pip-version-check --no-deps -e .; } >"$log" 2>&1; then
+      tail -n 30 "$log" >&2
+      echo "bootstrap: pip install into .venv-jax failed (full log: $log)" >&2
+      exit 1
+    fi
+    touch "$jstamp"
+  fi
+fi

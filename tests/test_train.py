@@ -89,6 +89,45 @@ def test_tiny_training_run_gives_a_bundle_predict_loads(chips, tmp_path):
     assert res.exit_code == 1 and "exists" in res.output
 
 
+KERAS_PIPELINE = """[model]
+image_width = 64
+image_height = 64
+image_channels = 6
+num_classes = 2
+base_filters = 4
+num_layers = 3
+loss = "ce_dice"
+
+[train]
+epochs = 2
+steps_per_epoch = 3
+batch_size = 4
+input_pipeline = "keras"
+model_dir = "{d}/model_keras"
+image_datapath = "{d}/chips/train/images"
+mask_datapath = "{d}/chips/train/masks"
+
+[eval]
+image_datapath = "{d}/chips/valid/images"
+mask_datapath = "{d}/chips/valid/masks"
+"""
+
+
+def test_training_with_the_keras_pipeline(chips):
+    """input_pipeline = "keras" (the PyDataset reader threads that backends without
+    TensorFlow use) trains the same way: a bundle with validation metrics that loads."""
+    from geoseg.model import load_model
+    cfg_path = chips / "keras_pipeline.toml"
+    cfg_path.write_text(KERAS_PIPELINE.format(d=chips))
+    res = CliRunner().invoke(cli, ["train", str(cfg_path)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert len((chips / "model_keras" / "history.csv").read_text().splitlines()) == 3
+    lm = load_model(chips / "model_keras" / "model.geoseg")
+    v = lm.meta.metrics["validation"]
+    assert 0 <= v["overall_accuracy"] <= 1 and set(v["per_class_iou"]) == {"class_0", "class_1"}
+    assert lm.meta.provenance["train_chips"] > 0
+
+
 def test_confusion_metric_matches_numpy():
     from geoseg.evaluate import confusion_matrix
     from geoseg.train import make_confusion_metric
@@ -247,12 +286,16 @@ def test_interrupted_training_resumes_where_it_stopped(chips, monkeypatch):
     assert read_metadata(model_dir / "model.geoseg").provenance["epochs_run"] == 3
 
 
+@pytest.mark.parametrize("pipeline", ["tf.data", "keras"])
 @pytest.mark.parametrize("hw", [(16, 16), (12, 20)])
-def test_augmentation_moves_image_and_mask_together(tmp_path, make_geotiff, hw):
+def test_augmentation_moves_image_and_mask_together(tmp_path, make_geotiff, hw, pipeline):
     """Flips/rotations are the same on image and mask; brightness/contrast touch the image
-    only (so per chip the image stays an increasing affine function of the mask)."""
+    only (so per chip the image stays an increasing affine function of the mask).
+    Both input pipelines (tf.data, and Keras' PyDataset for backends without TensorFlow)."""
+    if pipeline == "tf.data":
+        pytest.importorskip("tensorflow")
     from geoseg.model import keras_module
-    from geoseg.train import make_dataset
+    from geoseg.train import _batches, make_dataset
     keras_module()
     h, w = hw
     mask = np.random.default_rng(3).integers(0, 4, (h, w)).astype(np.uint8)  # no symmetry
@@ -264,12 +307,12 @@ def test_augmentation_moves_image_and_mask_together(tmp_path, make_geotiff, hw):
                       str(make_geotiff(mask, name=f"m/{k}.tif"))))
     gain, bias = np.array([0.02, 0.05], np.float32), np.array([-1.0, 0.0], np.float32)
     ds = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=4, shuffle=True,
-                      augment=True, seed=0, chip_hw=hw)
+                      augment=True, seed=0, chip_hw=hw, pipeline=pipeline)
     views = {np.rot90(mask, k).tobytes() for k in range(4)} | {np.rot90(mask.T, k).tobytes() for k in range(4)}
     seen = set()
     for _ in range(8):
-        for x, y in ds:
-            x, y = x.numpy(), y.numpy()
+        for x, y in _batches(ds):
+            x, y = np.asarray(x), np.asarray(y)
             assert x.shape == (4, h, w, 2) and y.shape == (4, h, w) and y.dtype == np.int32
             for xi, yi in zip(x, y):
                 seen.add(yi.astype(np.uint8).tobytes())
@@ -282,11 +325,41 @@ def test_augmentation_moves_image_and_mask_together(tmp_path, make_geotiff, hw):
     assert len(seen) == (8 if h == w else 4)  # every rotation/flip turns up
     # no augmentation: the chips come back as they are, normalised
     ds = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=3, shuffle=False,
-                      augment=False, seed=0, chip_hw=hw)
-    batches = list(ds)
+                      augment=False, seed=0, chip_hw=hw, pipeline=pipeline)
+    batches = list(_batches(ds))
     assert [len(b[1]) for b in batches] == [3, 1]
-    np.testing.assert_array_equal(batches[0][1][0].numpy(), mask)
-    np.testing.assert_allclose(batches[0][0][0].numpy()[..., 0], (mask * 50 + 10) * 0.02 - 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(batches[0][1][0]), mask)
+    np.testing.assert_allclose(np.asarray(batches[0][0][0])[..., 0], (mask * 50 + 10) * 0.02 - 1.0, atol=1e-5)
+
+
+def test_keras_pipeline_stream_passes_and_determinism(tmp_path, make_geotiff):
+    """The PyDataset pipeline's endless stream: each pass through the chips is a
+    permutation (every chip once, batches straddle passes), each pass another order,
+    and the same seed gives the same batches (augmentation included) in any order."""
+    from geoseg.model import keras_module
+    from geoseg.train import make_dataset
+    keras_module()
+    (tmp_path / "i").mkdir()
+    (tmp_path / "m").mkdir()
+    pairs = []
+    for k in range(7):
+        img = np.full((1, 8, 8), k, np.uint8)
+        pairs.append((str(make_geotiff(img, name=f"i/{k}.tif")), str(make_geotiff(img[0], name=f"m/{k}.tif"))))
+    kw = dict(lut=None, ignore=255, gain=np.array([1.0], np.float32), bias=np.array([0.0], np.float32),
+              batch_size=3, shuffle=True, seed=5, chip_hw=(8, 8), endless=True, pipeline="keras")
+    ds = make_dataset(pairs, augment=False, **kw)
+    assert ds.num_batches is None
+    ids = np.concatenate([ds[g][1][:, 0, 0] for g in range(7)])   # 21 chips = 3 passes
+    passes = ids.reshape(3, 7)
+    for p in passes:
+        assert sorted(p) == list(range(7))
+    assert len({tuple(p) for p in passes}) == 3
+    a = make_dataset(pairs, augment=True, **kw)
+    b = make_dataset(pairs, augment=True, **kw)
+    late = b[9]
+    assert all(np.array_equal(a[g][0], (late if g == 9 else b[g])[0]) for g in (9, 2, 0))
+    with pytest.raises(ConfigError, match="input_pipeline must be one of"):
+        make_dataset(pairs, augment=False, **{**kw, "pipeline": "torch"})
 
 
 def test_training_starts_from_a_trained_model(chips, tmp_path):
@@ -338,9 +411,12 @@ def test_training_starts_from_a_trained_model(chips, tmp_path):
                                atol=1e-6)  # learning rate 1e-9: still the start weights
 
 
-def test_a_bad_chip_met_while_training_is_a_one_line_error(tmp_path, make_geotiff):
+@pytest.mark.parametrize("pipeline", ["tf.data", "keras"])
+def test_a_bad_chip_met_while_training_is_a_one_line_error(tmp_path, make_geotiff, pipeline):
     """A chip of another size (or an unreadable one) found by the reader threads mid-run:
     one line, exit 1, no bundle."""
+    if pipeline == "tf.data":
+        pytest.importorskip("tensorflow")
     for split in ("train", "valid"):
         for k in range(8):
             s = 48 if (split, k) == ("train", 5) else 32
@@ -360,6 +436,7 @@ num_layers = 3
 [train]
 epochs = 1
 batch_size = 4
+input_pipeline = "{pipeline}"
 model_dir = "{tmp_path}/m"
 image_datapath = "{tmp_path}/train/images"
 mask_datapath = "{tmp_path}/train/masks"
