@@ -94,3 +94,24 @@ def tiny_bundle(tmp_path_factory):
 @pytest.fixture
 def rgb_byte():
     return DATA / "RGB.byte.tif"
+
+
+WATER_MODEL_TOML = """[model]
+image_width = 64
+image_height = 64
+image_channels = 6
+num_classes = 2
+base_filters = 4
+num_layers = 3
+loss = "ce_dice"
+learning_rate = 0.003
+"""
+
+
+def water_config(train_keys: str, tail: str = "") -> str:
+    """A training config template (``{d}``: a folder holding ``chips/`` cut from the S2
+    sample) for the tiny 6-band water UNet: ``train_keys`` go into [train] beside the
+    chip folders; ``tail`` adds sections."""
+    return (WATER_MODEL_TOML + "\n[train]\n" + train_keys +
+            'image_datapath = "{d}/chips/train/images"\nmask_datapath = "{d}/chips/train/masks"\n'
+            '\n[eval]\nimage_datapath = "{d}/chips/valid/images"\nmask_datapath = "{d}/chips/valid/masks"\n' + tail)

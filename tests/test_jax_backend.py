@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from conftest import water_config
 from geoseg.dataset import TileOptions, tile_rasters
 from geoseg.demo import SCENE, TRUTH
 
@@ -24,31 +25,15 @@ JAX_PY = ROOT / ".venv-jax" / "bin" / "python"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not JAX_PY.exists(), reason="no .venv-jax: run bash scripts/bootstrap.sh --test")]
 
-CONFIG = """[model]
-image_width = 64
-image_height = 64
-image_channels = 6
-num_classes = 2
-base_filters = 4
-num_layers = 3
-loss = "ce_dice"
-
-[train]
-epochs = 2
+CONFIG = water_config("""epochs = 2
 steps_per_epoch = 4
 batch_size = 4
 model_dir = "{d}/model"
-image_datapath = "{d}/chips/train/images"
-mask_datapath = "{d}/chips/train/masks"
 bands = ["B2", "B3", "B4", "B8", "B11", "B12"]
 class_names = ["non-water", "water"]
 epoch_change_infer = true
 epoch_change_infer_dir = "{d}/epochs"
-
-[eval]
-image_datapath = "{d}/chips/valid/images"
-mask_datapath = "{d}/chips/valid/masks"
-"""
+""")
 
 
 def geoseg_jax(*args):

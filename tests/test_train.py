@@ -13,39 +13,23 @@ from geoseg.demo import SCENE, TRUTH
 from geoseg.errors import ConfigError
 from geoseg_cli.main import cli
 
-CONFIG = """\
-[model]
-image_width = 64
-image_height = 64
-image_channels = 6
-num_classes = 2
-base_filters = 4
-num_layers = 3
-loss = "ce_dice"
-learning_rate = 0.003
+from conftest import water_config
 
-[train]
-epochs = 2
+CONFIG = water_config("""epochs = 2
 batch_size = 8
 model_dir = "{d}/model"
-image_datapath = "{d}/chips/train/images"
-mask_datapath = "{d}/chips/train/masks"
 bands = ["B2", "B3", "B4", "B8", "B11", "B12"]
 class_names = ["non-water", "water"]
 class_colors = ["#000000", "#00FFFF"]
 epoch_change_infer = true
 epoch_change_infer_dir = "{d}/epochs"
 num_infer_images = 1
-
-[eval]
-image_datapath = "{d}/chips/valid/images"
-mask_datapath = "{d}/chips/valid/masks"
-
+""", """
 [tiledinfer]
 overlapping = 8
 images_dir = "{d}/infer_in"
 output_dir = "{d}/infer_out"
-"""
+""")
 
 
 @pytest.fixture(scope="module")
@@ -89,28 +73,12 @@ def test_tiny_training_run_gives_a_bundle_predict_loads(chips, tmp_path):
     assert res.exit_code == 1 and "exists" in res.output
 
 
-KERAS_PIPELINE = """[model]
-image_width = 64
-image_height = 64
-image_channels = 6
-num_classes = 2
-base_filters = 4
-num_layers = 3
-loss = "ce_dice"
-
-[train]
-epochs = 2
+KERAS_PIPELINE = water_config("""epochs = 2
 steps_per_epoch = 3
 batch_size = 4
 input_pipeline = "keras"
 model_dir = "{d}/model_keras"
-image_datapath = "{d}/chips/train/images"
-mask_datapath = "{d}/chips/train/masks"
-
-[eval]
-image_datapath = "{d}/chips/valid/images"
-mask_datapath = "{d}/chips/valid/masks"
-"""
+""")
 
 
 def test_training_with_the_keras_pipeline(chips):
