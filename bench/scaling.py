@@ -27,7 +27,7 @@ from geoseg.model import load_model, make_forward
 from geoseg.predict import PredictOptions, predict_raster
 t0 = time.perf_counter()
 lm = load_model({model!r})
-fwd = make_forward(lm.keras_model, lm.meta.tile_size, lm.meta.input.n_bands)
+fwd = make_forward(lm.keras_model, lm.meta.input.n_bands)
 fwd(np.zeros(({batch}, lm.meta.tile_size, lm.meta.tile_size, lm.meta.input.n_bands), np.float32))
 try:
     from osgeo import gdal  # one-off import used when styling the output

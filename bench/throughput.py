@@ -32,16 +32,17 @@ def main():
     mpath = bench_model(work / f"unet{args.base_filters}.geoseg", args.base_filters)
 
     from geoseg.model import load_model, make_forward
-    from geoseg.predict import PredictOptions, make_plan, predict_raster
-    from geoseg.io import open_raster
+    from geoseg.predict import PredictOptions, predict_raster
+    from geoseg.sources import RasterSource
+    from geoseg.unit import make_plan
 
     lm = load_model(mpath)
     opts = PredictOptions(batch_size=args.batch_size, blend=args.blend)
-    with open_raster(src) as s:
+    with RasterSource(src) as s:
         plan = make_plan(s, lm.meta, opts)
     n_win = plan.grid.n_windows
     tile = plan.grid.tile
-    fwd = make_forward(lm.keras_model, tile, 6)
+    fwd = make_forward(lm.keras_model, 6)
     # The same windows as the run: trimmed border windows have their own shapes.
     shapes: dict[tuple, int] = {}
     for u in plan.grid:

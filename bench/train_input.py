@@ -33,7 +33,9 @@ def main():
     from geoseg.dataset import TileOptions, tile_rasters
     from geoseg.demo import SCENE, TRUTH
     from geoseg.model import build_unet, keras_module
-    from geoseg.train import chip_statistics, list_chips, make_confusion_metric, make_dataset, make_loss
+    from geoseg.chips import MaskRule, list_chips
+    from geoseg.loader import chip_statistics, make_dataset
+    from geoseg.losses import make_confusion_metric, make_loss
 
     keras = keras_module()
     import tensorflow as tf
@@ -41,13 +43,13 @@ def main():
         tile_rasters([(SCENE, TRUTH)], Path(tmp) / "c", TileOptions(chip=args.chip, stride=args.chip // 2, regions=1,
                                                                      fractions=(1, 0, 0)), label_nodata=None)
         pairs = list_chips(Path(tmp) / "c/train/images", Path(tmp) / "c/train/masks")
-        st = chip_statistics(pairs, None, 255, 2, 1e-4, 0.0)
+        st = chip_statistics(pairs, MaskRule.indexes(), 255, 2, 1e-4, 0.0)
         gain = (1e-4 / st.std).astype(np.float32)
         bias = (-st.mean / st.std).astype(np.float32)
-        ds = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=args.batch_size,
+        ds = make_dataset(pairs, ignore=255, gain=gain, bias=bias, batch_size=args.batch_size,
                           shuffle=True, augment=True, seed=1, chip_hw=(args.chip, args.chip), endless=True,
                           pipeline="tf.data")
-        ds_keras = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=args.batch_size,
+        ds_keras = make_dataset(pairs, ignore=255, gain=gain, bias=bias, batch_size=args.batch_size,
                                 shuffle=True, augment=True, seed=1, chip_hw=(args.chip, args.chip), endless=True,
                                 pipeline="keras")
         mem = [b for b in ds.take(args.steps)]

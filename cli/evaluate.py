@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from .options import bands_opt, overwrite_opt, parse_rgb_map, rgb_map_opt, tta_opt
+from .options import INT_LIST, NODATA, bands_opt, overwrite_opt, rgb_map_opt, tta_opt
 from .progress import progress_bar
-
-
-def _ints(text: str | None) -> tuple[int, ...]:
-    if not text:
-        return ()
-    try:
-        return tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected class values like 5 or 0,9, got {text!r}", param_hint="--ignore") from None
 
 
 @click.command(short_help="Accuracy of a class raster (or of a model) against a truth raster.")
@@ -26,9 +18,10 @@ def _ints(text: str | None) -> tuple[int, ...]:
               help="Segment PREDICTION (then an image) with this model first, through the same engine as predict.")
 @click.option("-o", "--output", "prefix", type=click.Path(), default=None,
               help="Write PREFIX.csv, PREFIX.json and PREFIX_confusion.png.")
-@click.option("--truth-nodata", default=None, metavar="VALUE|none",
+@click.option("--truth-nodata", type=NODATA, default="auto", metavar="VALUE|none",
               help="Override the truth's nodata; 'none' counts every value (S2 truths declare 0).")
-@click.option("--ignore", default=None, metavar="LIST", help="Truth values not to count, e.g. 255 or 5,255.")
+@click.option("--ignore", type=INT_LIST, default=(), metavar="LIST",
+              help="Truth values not to count, e.g. 255 or 5,255.")
 @click.option("--background", type=int, default=None,
               help="Class left out of the means [default: the model's, else none].")
 @rgb_map_opt
@@ -54,41 +47,30 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
       geoseg evaluate --model water.geoseg chips/test/images chips/test/masks -o eval/test
       geoseg evaluate --model dubai.geoseg "Tile 7/images" "Tile 7/masks" --rgb-map dubai.toml
     """
-    from geoseg.evaluate import (evaluate_model_on_raster, evaluate_rasters, format_scores, plot_confusion,
-                                 write_scores)
-    from geoseg.io import check_output_path, open_raster, parse_bands_option, read_class_names
+    from geoseg.evaluate import (evaluate_chips, evaluate_model_on_raster, evaluate_rasters, format_scores,
+                                 plot_confusion, write_scores)
+    from geoseg.output import check_output_path
+    from geoseg.sources import open_raster, read_class_names
+    from geoseg.unit import PredictOptions
 
-    from .areas import _parse_nodata
-
-    nd = _parse_nodata(truth_nodata)
-    ign = _ints(ignore)
+    if tta != "none" and not model_path:
+        raise click.UsageError("--tta applies to a model: give --model")
     if prefix:
         for suffix in (".csv", ".json", "_confusion.png"):
             check_output_path(str(prefix) + suffix, [prediction, truth], overwrite, "output")
     quiet = ctx.obj["quiet"]
-    if tta != "none" and not model_path:
-        raise click.UsageError("--tta applies to a model: give --model")
+    model_background = "model" if background is None else background   # the core's "the model's"
     if model_path and Path(prediction).is_dir():
-        from geoseg.evaluate import evaluate_chips
-        from geoseg.predict import PredictOptions
-        cmap, cfg_ignore = parse_rgb_map(rgb_map)
+        colours, cfg_ignore = rgb_map or (None, None)
         with progress_bar("evaluating", quiet) as cb:
-            scores = evaluate_chips(model_path, prediction, truth, rgb_map=cmap,
-                                    ignore_index=255 if cfg_ignore is None else cfg_ignore, ignore=ign,
-                                    options=PredictOptions(bands=parse_bands_option(bands), tta=tta), progress=cb)
-        if background is not None:
-            from geoseg.evaluate import scores_from_confusion
-            scores = scores_from_confusion(scores.confusion, scores.class_ids, scores.class_names, background)
+            scores = evaluate_chips(model_path, prediction, truth, rgb_map=colours,
+                                    ignore_index=255 if cfg_ignore is None else cfg_ignore, ignore=ignore,
+                                    options=PredictOptions(bands=bands, tta=tta), background=model_background,
+                                    progress=cb)
     elif model_path:
-        from geoseg.model import load_model
-        from geoseg.predict import PredictOptions
-        lm = load_model(model_path)
-        if background is not None:
-            from dataclasses import replace
-            lm.meta = replace(lm.meta, background=background)
         with progress_bar("segmenting", quiet) as cb:
-            scores = evaluate_model_on_raster(lm, prediction, truth, PredictOptions(bands=parse_bands_option(bands), tta=tta),
-                                              nd, ign, progress=cb)
+            scores = evaluate_model_on_raster(model_path, prediction, truth, PredictOptions(bands=bands, tta=tta),
+                                              truth_nodata, ignore, background=model_background, progress=cb)
     else:
         with open_raster(prediction) as p:
             names = read_class_names(p)
@@ -96,7 +78,8 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
             raise click.ClickException(f"{Path(prediction).name} does not name its classes; "
                                        "pass --model to take them from a bundle")
         ids = sorted(names)
-        scores = evaluate_rasters(prediction, truth, ids, [names[i] for i in ids], background, nd, ign)
+        scores = evaluate_rasters(prediction, truth, ids, [names[i] for i in ids], background, truth_nodata,
+                                  ignore)
     if not quiet:
         click.echo(format_scores(scores), err=True)
     if prefix:
@@ -106,5 +89,4 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
             for f in files:
                 click.echo(f"wrote {f}", err=True)
     else:
-        import json
         click.echo(json.dumps(scores.as_dict(), indent=2))

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 
 import click
@@ -22,6 +23,38 @@ from .tile import tile
 from .train import train
 
 
+#: The CLI's hint for each ``GeosegError.option`` (the Python-API parameter whose
+#: setting fixes the error); ``{flag}`` becomes the running command's flag for that
+#: parameter. The core's messages name no flags (rasterio's ``resolve_inout`` style).
+HINTS = {
+    "overwrite": "use {flag} to replace it",
+    "bands": "choose them with {flag}",
+    "nodata": "set {flag}?",
+    "label_nodata": "set {flag}?",
+    "truth_nodata": "set {flag}?",
+}
+DEFAULT_HINT = "see {flag}"
+
+
+def option_flag(command: click.Command | None, option: str) -> str | None:
+    """The flag of ``command``'s option whose Python name is ``option`` (its long
+    form), or None when the command has no such option."""
+    for p in getattr(command, "params", ()):
+        if isinstance(p, click.Option) and p.name == option:
+            return max(p.opts, key=len)
+    return None
+
+
+def error_message(e: GeosegError, command: click.Command | None = None) -> str:
+    """A geoseg error as one line, with the hint for its ``option`` where ``command``
+    has that option."""
+    msg = str(e).strip().replace("\n", " ") or type(e).__name__
+    flag = option_flag(command, e.option) if e.option else None
+    if flag:
+        msg += f" ({HINTS.get(e.option, DEFAULT_HINT).format(flag=flag)})"
+    return msg
+
+
 class _Group(click.Group):
     """Turns geoseg errors into one line and a non-zero exit code."""
 
@@ -32,7 +65,8 @@ class _Group(click.Group):
             click.echo("geoseg: interrupted; no output was written", err=True)
             ctx.exit(130)
         except GeosegError as e:
-            raise click.ClickException(str(e)) from None
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            raise click.ClickException(error_message(e, command)) from None
         except MemoryError:
             raise click.ClickException("out of memory; try a smaller --batch-size or --tile-size") from None
 
@@ -41,7 +75,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {message}", err=True)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="geoseg", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress bar, no summaries.")
 @click.version_option(__version__, prog_name="geoseg")
@@ -57,23 +91,35 @@ def cli(ctx, verbose, quiet):
       geoseg predict model.geoseg a.tif b.tif out_dir/ --areas
       geoseg areas landcover.tif -o areas.csv
       geoseg evaluate --model water.geoseg scene.tif truth.tif -o eval/water
+
+    Also a rasterio plugin: rio geoseg predict ... (rio's -v/-q count too).
     """
+    # As a `rio` plugin, ctx.obj holds rio's settings: its verbosity adds to ours.
+    outer = ctx.obj if isinstance(ctx.obj, dict) else {}
+    rio_verbosity = outer.get("verbosity", 0)
+    verbose += max(rio_verbosity, 0)
+    quiet = quiet or rio_verbosity < 0
+    _setup(verbose, quiet, plugin=ctx.parent is not None)
+    ctx.obj = {**outer, "verbose": verbose, "quiet": quiet}
+
+
+def _setup(verbose: int, quiet: bool, plugin: bool) -> None:
+    """Logging, warnings and TensorFlow's log level; under `rio`, also SIGTERM."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     level = logging.WARNING - 10 * verbose if not quiet else logging.ERROR
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a no-op under rio (it configured logging)
+    logging.getLogger().setLevel(max(level, logging.DEBUG))
     logging.getLogger("rasterio").setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
     warnings.showwarning = _show_warning
     # Debian's mpl_toolkits (pulled in with QGIS) beside pip's matplotlib: harmless here
     warnings.filterwarnings("ignore", message="Unable to import Axes3D")
-    ctx.obj = {"verbose": verbose, "quiet": quiet}
+    if plugin and threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm)  # `geoseg` itself sets it in main()
 
 
-cli.add_command(predict)
-cli.add_command(areas)
-cli.add_command(info)
-cli.add_command(demo)
-cli.add_command(evaluate)
-cli.add_command(tile)
-cli.add_command(train)
+for _command in (predict, areas, info, demo, evaluate, tile, train):
+    cli.add_command(_command)
 
 
 def _sigterm(signum, frame):
@@ -81,7 +127,7 @@ def _sigterm(signum, frame):
 
 
 def main() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """The ``geoseg`` console script: SIGTERM cleans up as Ctrl-C does (exit code 130)."""
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         cli.main(prog_name="geoseg", standalone_mode=True)

@@ -1,12 +1,226 @@
-"""Options shared by several commands, defined once (rasterio's rio/options.py style).
+"""Options and parameter types shared by the geoseg commands, each defined once
+(rasterio's ``rio/options.py`` and rio-cogeo's ``BdxParamType`` style).
 
-- ``overwrite_opt``: --overwrite                   (predict, areas, demo)
-- ``rgb_map_opt`` + ``parse_rgb_map``: --rgb-map  (tile, evaluate)
-- ``tile_size_opt``, ``overlap_opt``, ``batch_size_opt``, ``blend_opt``, ``bands_opt``   (predict)
-- ``tta_opt``: --tta                                (predict, evaluate)
+Shared options and the commands that use them:
+
+- ``overwrite_opt``   ``--overwrite``    predict, areas, demo, evaluate, tile, train
+- ``tile_size_opt``   ``--tile-size``    predict
+- ``overlap_opt``     ``--overlap``      predict
+- ``batch_size_opt``  ``--batch-size``   predict
+- ``blend_opt``       ``--blend``        predict            (choices: ``geoseg.unit.BLENDS``)
+- ``tta_opt``         ``--tta``          predict, evaluate  (choices: ``geoseg.unit.TTA_VIEWS``)
+- ``bands_opt``       ``--bands``        predict, evaluate  (type ``BANDS``)
+- ``rgb_map_opt``     ``--rgb-map``      evaluate, tile     (type ``RGB_MAP``)
+
+Parameter types (a bad value is click's one-line "Invalid value for '--x': ...",
+exit code 2):
+
+- ``BANDS``        ``2,3,4,8`` or band names -> ``tuple[int | str, ...]``      --bands
+- ``NODATA``       ``VALUE|none|auto`` -> number, ``None`` or ``"auto"``      areas --nodata,
+  evaluate --truth-nodata, tile --label-nodata
+- ``RGB_MAP``      ``'#3C1098=0,#8429F6=1'`` or a config file -> ``ColourMap``   --rgb-map
+- ``CLASS_NAMES``  ``0=land,1=water``, a JSON file or a .geoseg bundle -> ``dict[int, str]``
+  areas --class-names
+- ``INT_LIST``     ``5`` or ``0,9`` -> ``tuple[int, ...]``                      evaluate --ignore
+- ``FRACTIONS``    three fractions summing to 1 -> ``tuple[float, float, float]``  tile --split
+
+Each type's ``convert`` also accepts an already converted value, as click requires.
 """
 
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, NamedTuple
+
 import click
+
+from geoseg.unit import BLENDS, TTA_VIEWS
+
+RGB = tuple[int, int, int]
+CONFIG_SUFFIXES = (".toml", ".ini", ".config")
+_INT = re.compile(r"[+-]?\d+")
+
+
+def _items(ptype: click.ParamType, text: str, param, ctx, example: str) -> list[str]:
+    """Comma-separated items, stripped; an empty item is refused."""
+    items = [t.strip() for t in str(text).split(",")]
+    if any(not t for t in items):
+        ptype.fail(f"empty item in {text!r} (expected e.g. {example})", param, ctx)
+    return items
+
+
+class BandsParamType(click.ParamType):
+    """``2,3,4,8`` (1-based indexes) or band descriptions (``B2,B3,B4``), in the
+    model's order -> ``tuple[int | str, ...]``; a band given twice is refused."""
+
+    name = "bands"
+
+    def convert(self, value: Any, param, ctx) -> tuple[int | str, ...]:
+        if isinstance(value, tuple):
+            return value
+        out: list[int | str] = []
+        for t in _items(self, value, param, ctx, "2,3,4,8 or B2,B3,B4,B8"):
+            if _INT.fullmatch(t):
+                if int(t) < 1:
+                    self.fail(f"band {t}: band indexes start at 1", param, ctx)
+                out.append(int(t))
+            else:
+                out.append(t)
+        twice = [b for b, n in Counter(out).items() if n > 1]
+        if twice:
+            self.fail(f"band {twice[0]} is given twice in {value!r}", param, ctx)
+        return tuple(out)
+
+
+class NodataParamType(click.ParamType):
+    """``VALUE`` (a number, ``nan`` too), ``none`` (count every value) or ``auto``
+    (the raster's own nodata, the default) -> ``int | float | None | "auto"``."""
+
+    name = "nodata"
+
+    def convert(self, value: Any, param, ctx) -> int | float | str | None:
+        if value is None or isinstance(value, (int, float)):
+            return value
+        s = str(value).strip().lower()
+        if s in ("auto", "none"):
+            return "auto" if s == "auto" else None
+        try:
+            return int(s)
+        except ValueError:
+            pass
+        try:
+            return float(s)
+        except ValueError:
+            self.fail(f"{value!r} is not a number, 'none' or 'auto'", param, ctx)
+
+
+class ColourMap(NamedTuple):
+    """A parsed ``--rgb-map``: mask colour -> class index, and the ignore index of
+    the config file it came from (``None`` for an inline map)."""
+
+    rgb_map: dict[RGB, int]
+    ignore_index: int | None = None
+
+
+class RgbMapParamType(click.ParamType):
+    """``'#3C1098=0,#8429F6=1'`` (colour ``#RRGGBB`` = class index 0..254), or a
+    config file (``.toml``/``.ini``/``.config``) with ``[mask] rgb_map`` -> ``ColourMap``."""
+
+    name = "rgb_map"
+
+    def convert(self, value: Any, param, ctx) -> ColourMap:
+        if isinstance(value, ColourMap):
+            return value
+        p = Path(value)
+        if p.suffix.lower() in CONFIG_SUFFIXES or p.is_file():
+            from geoseg.config import load_config  # noqa: PLC0415
+            from geoseg.errors import ConfigError  # noqa: PLC0415
+            try:
+                mask = load_config(p).mask
+            except ConfigError as e:
+                self.fail(str(e), param, ctx)
+            return ColourMap(dict(mask.rgb_map), mask.ignore_index)
+        out: dict[RGB, int] = {}
+        for item in _items(self, value, param, ctx, "#3C1098=0,#8429F6=1"):
+            from geoseg.config import parse_colour  # noqa: PLC0415
+            from geoseg.errors import ConfigError  # noqa: PLC0415
+            colour, sep, cls = (t.strip() for t in item.rpartition("="))
+            if not sep or not cls.isdigit():
+                self.fail(f"expected COLOUR=CLASS items like #3C1098=0, got {item!r}", param, ctx)
+            try:
+                rgb = parse_colour(colour, "colour")
+            except ConfigError as e:
+                self.fail(str(e), param, ctx)
+            if rgb in out:
+                self.fail(f"colour {colour} is given twice", param, ctx)
+            if not 0 <= int(cls) <= 254:
+                self.fail(f"class index of {colour} must be 0..254, got {cls}", param, ctx)
+            out[rgb] = int(cls)  # type: ignore[index]
+        return ColourMap(out)
+
+
+class ClassNamesParamType(click.ParamType):
+    """``0=land,1=water``, a JSON file ``{"0": "land", ...}`` or a ``.geoseg`` model
+    bundle (its classes) -> ``dict[int, str]``."""
+
+    name = "class_names"
+
+    def convert(self, value: Any, param, ctx) -> dict[int, str]:
+        if isinstance(value, dict):
+            return value
+        p = Path(value)
+        if p.suffix.lower() == ".geoseg":
+            from geoseg.bundle import read_metadata  # noqa: PLC0415
+            from geoseg.errors import GeosegError, one_line  # noqa: PLC0415
+            try:
+                return read_metadata(p).class_names
+            except GeosegError as e:
+                self.fail(one_line(e), param, ctx)
+        if p.suffix.lower() == ".json":
+            if not p.is_file():
+                self.fail(f"file not found: {p}", param, ctx)
+            try:
+                d = json.loads(p.read_text())
+                return {int(k): str(v) for k, v in d.items()}
+            except (ValueError, AttributeError, OSError) as e:
+                self.fail(f"{p}: expected a JSON object of id: name ({e})", param, ctx)
+        out: dict[int, str] = {}
+        for item in _items(self, value, param, ctx, "0=land,1=water"):
+            k, sep, v = (t.strip() for t in item.partition("="))
+            if not sep or not _INT.fullmatch(k) or not v:
+                self.fail(f"expected ID=NAME pairs like 0=land,1=water, got {item!r}", param, ctx)
+            if int(k) in out:
+                self.fail(f"class {k} is named twice", param, ctx)
+            out[int(k)] = v
+        return out
+
+
+class IntListParamType(click.ParamType):
+    """``5`` or ``0,9`` -> ``tuple[int, ...]``."""
+
+    name = "int_list"
+
+    def convert(self, value: Any, param, ctx) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        items = _items(self, value, param, ctx, "5 or 0,9")
+        if not all(_INT.fullmatch(t) for t in items):
+            self.fail(f"expected integers like 5 or 0,9, got {value!r}", param, ctx)
+        return tuple(int(t) for t in items)
+
+
+class FractionsParamType(click.ParamType):
+    """``TRAIN,VALID,TEST``: three fractions in 0..1 summing to 1 -> ``tuple[float, float, float]``."""
+
+    name = "fractions"
+
+    def convert(self, value: Any, param, ctx) -> tuple[float, float, float]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            vals = tuple(float(t) for t in str(value).split(","))
+        except ValueError:
+            vals = ()
+        if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+            self.fail(f"expected TRAIN,VALID,TEST fractions like 0.7,0.15,0.15, got {value!r}", param, ctx)
+        if any(not 0 <= v <= 1 for v in vals):
+            self.fail(f"fractions must be between 0 and 1, got {value!r}", param, ctx)
+        if not math.isclose(sum(vals), 1.0, abs_tol=1e-6):
+            self.fail(f"fractions must sum to 1, got {value!r} (sum {sum(vals):g})", param, ctx)
+        return vals  # type: ignore[return-value]
+
+
+BANDS = BandsParamType()
+NODATA = NodataParamType()
+RGB_MAP = RgbMapParamType()
+CLASS_NAMES = ClassNamesParamType()
+INT_LIST = IntListParamType()
+FRACTIONS = FractionsParamType()
+
 
 overwrite_opt = click.option("--overwrite", is_flag=True, default=False,
                              help="Replace existing output files (never an input).")
@@ -16,40 +230,16 @@ overlap_opt = click.option("--overlap", type=click.IntRange(min=0), default=None
                            help="Pixels shared by neighbouring windows, < tile size / 2 [default: the model's].")
 batch_size_opt = click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
                               help="Windows per forward pass.")
-blend_opt = click.option("--blend", type=click.Choice(["crop", "cosine"]), default="crop", show_default=True,
-                         help="crop: keep each window's centre; cosine: average overlapping windows' "
-                              "probabilities with smooth weights.")
-bands_opt = click.option("--bands", default=None, metavar="LIST",
+blend_opt = click.option("--blend", type=click.Choice(BLENDS), default="crop", show_default=True,
+                         help="How overlapping windows combine. crop: keep each window's centre; cosine: "
+                              "average overlapping windows' probabilities with smooth weights.")
+bands_opt = click.option("--bands", type=BANDS, default=None, metavar="LIST",
                          help="Raster bands feeding the model, in the model's order: 1-based indexes "
                               "or band descriptions, e.g. 2,3,4,8,11,12 [default: by name, else in order].")
-tta_opt = click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default="none", show_default=True,
-                       help="Test-time augmentation: average the probabilities of each window's 4 flips "
-                            "(flip, 4x the model time) or of its 8 flips and rotations (d4, 8x).")
-rgb_map_opt = click.option("--rgb-map", default=None, metavar="SPEC",
+tta_opt = click.option("--tta", type=click.Choice(list(TTA_VIEWS)), default="none", show_default=True,
+                       help="Test-time augmentation: average the probabilities of flipped and rotated views of "
+                            "each window (model passes per window: "
+                            + ", ".join(f"{k} {len(v)}" for k, v in TTA_VIEWS.items()) + ").")
+rgb_map_opt = click.option("--rgb-map", type=RGB_MAP, default=None, metavar="SPEC",
                            help="Colour masks -> classes: '#3C1098=0,#8429F6=1' or a config file with "
-                                "[mask] rgb_map.")
-
-
-def parse_rgb_map(spec: str | None):
-    """--rgb-map: '#3C1098=0,#8429F6=1' or a config file with [mask] rgb_map ->
-    (colour map, the config's ignore index or None)."""
-    from pathlib import Path
-
-    from geoseg.config import _colour, load_config
-    from geoseg.errors import ConfigError
-    if spec is None:
-        return None, None
-    p = Path(spec)
-    if p.suffix.lower() in (".toml", ".ini", ".config") or p.exists():
-        cfg = load_config(p)
-        return cfg.mask.rgb_map, cfg.mask.ignore_index
-    out = {}
-    for item in spec.split(","):
-        k, sep, v = item.rpartition("=")
-        if not sep or not v.strip().isdigit():
-            raise ConfigError(f"--rgb-map: expected COLOUR=CLASS items like #3C1098=0, got {item!r}")
-        rgb = _colour(k.strip(), "--rgb-map")
-        if rgb in out:
-            raise ConfigError(f"--rgb-map: colour {k.strip()} is given twice")
-        out[rgb] = int(v)
-    return out, None
+                                "[mask] rgb_map (and its ignore_index).")

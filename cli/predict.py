@@ -43,8 +43,6 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
       geoseg predict water.geoseg scenes/*.tif results/ --areas --cog
     """
     from geoseg.areas import format_table
-    from geoseg.io import parse_bands_option
-    from geoseg.model import load_model
     from geoseg.predict import PredictOptions, predict_many, predict_raster, sidecar_paths
 
     if len(inputs) < 2:
@@ -52,18 +50,17 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
     *srcs, out = inputs
     quiet = ctx.obj["quiet"]
     opts = PredictOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, blend=blend,
-                          bands=parse_bands_option(bands), confidence=confidence, tta=tta)
+                          bands=bands, confidence=confidence, tta=tta)
     out_p = Path(out)
     if len(srcs) > 1 and not out_p.is_dir():
         raise click.ClickException(f"with several inputs the output must be an existing directory: {out}")
-    loaded = load_model(model)
     with progress_bar("segmenting", quiet) as cb:
         if out_p.is_dir():
-            results = predict_many(srcs, out_p, loaded, opts, areas=areas, confidence=confidence,
+            results = predict_many(srcs, out_p, model, opts, areas=areas, confidence=confidence,
                                    preview=preview, overwrite=overwrite, cog=cog,
                                    progress_for=lambda p: cb)
         else:
-            results = [predict_raster(srcs[0], out_p, loaded, opts, overwrite=overwrite, cog=cog, progress=cb,
+            results = [predict_raster(srcs[0], out_p, model, opts, overwrite=overwrite, cog=cog, progress=cb,
                                       **sidecar_paths(out_p, areas, confidence, preview))]
     if not quiet:
         for r in results:

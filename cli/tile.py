@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import overwrite_opt, parse_rgb_map, rgb_map_opt
+from .options import FRACTIONS, NODATA, overwrite_opt, rgb_map_opt
 from .progress import progress_bar
-
-
-def _floats3(text: str) -> tuple[float, float, float]:
-    try:
-        vals = tuple(float(t) for t in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 3:
-        raise click.BadParameter(f"expected TRAIN,VALID,TEST fractions like 0.7,0.15,0.15, got {text!r}",
-                                 param_hint="--split")
-    return vals  # type: ignore[return-value]
 
 
 @click.command(short_help="Cut training chips from rasters or image/mask folders.")
@@ -29,15 +18,17 @@ def _floats3(text: str) -> tuple[float, float, float]:
 @rgb_map_opt
 @click.option("--chip", type=int, default=256, show_default=True, help="Chip size (px).")
 @click.option("--stride", type=int, default=None, help="Step between chips (px) [default: the chip size].")
-@click.option("--split", "fractions", default="0.7,0.15,0.15", show_default=True,
+@click.option("--split", "fractions", type=FRACTIONS, default="0.7,0.15,0.15", show_default=True,
+              metavar="TRAIN,VALID,TEST",
               help="Train,valid,test fractions of the sources.")
 @click.option("--valid", "valid_sources", multiple=True, metavar="GLOB",
               help="Sources forced into valid (e.g. 'Tile 7/*'); then all others train.")
 @click.option("--test", "test_sources", multiple=True, metavar="GLOB", help="Sources forced into test.")
 @click.option("--regions", type=int, default=4, show_default=True,
               help="Raster mode: regions per axis, the unit of the split.")
-@click.option("--label-nodata", default=None, metavar="VALUE|none", help="Override the label raster's nodata.")
-@click.option("--ignore-index", type=int, default=None, help="Mask value for unlabelled pixels [255].")
+@click.option("--label-nodata", type=NODATA, default="auto", metavar="VALUE|none",
+              help="Override the label raster's nodata; 'none' counts every value.")
+@click.option("--ignore-index", type=int, default=None, help="Mask value for unlabelled pixels [default: the --rgb-map config file's, else 255].")
 @click.option("--min-valid", type=float, default=0.0, show_default=True,
               help="Skip chips with a smaller labelled fraction.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the split order.")
@@ -56,28 +47,26 @@ def tile(ctx, out_dir, images, labels, image_dirs, mask_dirs, rgb_map, chip, str
           --rgb-map dubai.toml --valid "Tile 7/*"
     """
     from geoseg.dataset import TileOptions, tile_folders, tile_rasters
-    from geoseg.errors import ConfigError
-
-    from .areas import _parse_nodata
 
     if bool(images or labels) == bool(image_dirs or mask_dirs):
         raise click.UsageError("give either --image/--label rasters or --images/--masks folders")
-    cmap, cfg_ignore = parse_rgb_map(rgb_map)
-    opts = TileOptions(chip=chip, stride=stride, fractions=_floats3(fractions), valid_sources=valid_sources,
-                       test_sources=test_sources, seed=seed,
-                       ignore_index=ignore_index if ignore_index is not None else (cfg_ignore or 255),
-                       min_valid=min_valid, regions=regions)
+    if len(images) != len(labels):
+        raise click.UsageError(f"{len(images)} --image but {len(labels)} --label: give them in pairs")
+    colours, cfg_ignore = rgb_map or (None, None)
+    if image_dirs and not colours:
+        raise click.UsageError("colour masks need --rgb-map")
+    if ignore_index is None:
+        ignore_index = 255 if cfg_ignore is None else cfg_ignore
+    opts = TileOptions(chip=chip, stride=stride, fractions=fractions, valid_sources=valid_sources,
+                       test_sources=test_sources, seed=seed, ignore_index=ignore_index, min_valid=min_valid,
+                       regions=regions)
     quiet = ctx.obj["quiet"]
     with progress_bar("tiling", quiet) as cb:
         if images:
-            if len(images) != len(labels):
-                raise ConfigError(f"{len(images)} --image but {len(labels)} --label")
-            rep = tile_rasters(list(zip(images, labels)), out_dir, opts, label_nodata=_parse_nodata(label_nodata),
+            rep = tile_rasters(list(zip(images, labels)), out_dir, opts, label_nodata=label_nodata,
                                overwrite=overwrite, progress=cb)
         else:
-            if not cmap:
-                raise ConfigError("colour masks need --rgb-map")
-            rep = tile_folders(image_dirs, mask_dirs, out_dir, cmap, opts, overwrite=overwrite, progress=cb)
+            rep = tile_folders(image_dirs, mask_dirs, out_dir, colours, opts, overwrite=overwrite, progress=cb)
     if not quiet:
         for s in ("train", "valid", "test"):
             px = rep.class_pixels[s]

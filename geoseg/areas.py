@@ -20,11 +20,13 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, NotGeoreferencedWarning, RasterError, VectorError
+from .progress import CancelFn, ProgressFn, Reporter
+from .sources import open_raster, read_class_names
 
 __all__ = ["PixelAreas", "pixel_areas", "AreaAccumulator", "ClassArea", "AreaTable", "class_areas",
            "write_areas_csv", "read_zones", "Zone"]
@@ -54,13 +56,17 @@ def _axis_factor(pc, kind: str) -> tuple[float, float]:
     return f[0], f[1]
 
 
-def pixel_areas(crs, transform, width: int, height: int, pixel_size: float | None = None) -> PixelAreas:
-    """Pixel areas for a raster grid (see the module docstring)."""
+def pixel_areas(crs, transform, width: int, height: int, pixel_size: float | None = None,
+                warn: bool = True) -> PixelAreas:
+    """Pixel areas for a raster grid (see the module docstring). ``warn``: say so when
+    the grid has no CRS (areas in pixels) — off where no area is reported."""
     if pixel_size is not None:
         if not pixel_size > 0:
             raise ConfigError(f"pixel size must be positive, got {pixel_size}")
         return PixelAreas("planar", float(pixel_size) ** 2)
     if crs is None or transform.is_identity:
+        if not warn:
+            return PixelAreas("pixels")
         warnings.warn("raster has no CRS/georeferencing: areas are reported in pixels "
                       "(give a pixel size to get square metres)", NotGeoreferencedWarning, stacklevel=2)
         return PixelAreas("pixels")
@@ -370,7 +376,8 @@ def read_zones(path: str | os.PathLike, raster_crs, zone_field: str | None = Non
 def class_areas(path: str | os.PathLike, *, nodata: float | None | Literal["auto"] = "auto",
                 class_names: dict[int, str] | None = None, pixel_size: float | None = None,
                 aoi: str | os.PathLike | None = None, zone_field: str | None = None,
-                band: int = 1, progress: Callable[[int, int], None] | None = None) -> AreaTable:
+                band: int = 1, progress: ProgressFn | None = None,
+                is_cancelled: CancelFn | None = None) -> AreaTable:
     """Per-class pixel counts and areas of a class raster, block by block.
 
     Args:
@@ -380,12 +387,13 @@ def class_areas(path: str | os.PathLike, *, nodata: float | None | Literal["auto
         class_names: id -> name; default from the raster (geoseg tag, RAT or .qml).
         pixel_size: pixel side in metres, for rasters without a CRS (or to override).
         aoi: polygons limiting the count; ``zone_field`` splits it into zones.
+        progress, is_cancelled: see :mod:`geoseg.progress`.
     """
     from rasterio.features import geometry_mask  # noqa: PLC0415
     from rasterio.windows import Window, bounds as wbounds, transform as wtransform  # noqa: PLC0415
 
-    from .io import open_raster, read_class_names  # noqa: PLC0415
-
+    reporter = Reporter(progress, is_cancelled)
+    reporter.check()
     with open_raster(path) as src:
         if not 1 <= band <= src.count:
             raise RasterError(f"{Path(path).name} has no band {band}")
@@ -401,6 +409,7 @@ def class_areas(path: str | os.PathLike, *, nodata: float | None | Literal["auto
         bh = src.block_shapes[band - 1][0]
         step = max(bh, (8 * 1024 * 1024 // max(src.width, 1)) // bh * bh)
         starts = list(range(0, src.height, step))
+        reporter.total = len(starts)
 
         import rasterio  # noqa: PLC0415
 
@@ -436,7 +445,6 @@ def class_areas(path: str | os.PathLike, *, nodata: float | None | Literal["auto
                 if len(set().union(*acc.counts.values())) > MAX_CLASSES:
                     raise RasterError(f"{Path(path).name} band {band} holds more than {MAX_CLASSES} distinct "
                                       "values: is it a class raster?")
-                if progress:
-                    progress(i + 1, len(starts))
+                reporter.step()
         table = make_table(acc, names, [z.key for z in zones] if zones else None, zone_field if aoi else None)
     return table

@@ -23,14 +23,15 @@ import difflib
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, UnusedKeyWarning
 
 __all__ = ["ModelConfig", "TrainConfig", "DataConfig", "InferConfig", "MaskConfig", "TiledInferConfig",
-           "Config", "load_config", "parse_literal", "config_to_toml"]
+           "Config", "load_config", "parse_literal", "parse_colour", "config_to_toml"]
 
 RGB = tuple[int, int, int]
 IOU_NAMES = ("iou", "iou_coef", "mean_iou")   # the seed's names for the IoU metric
@@ -183,8 +184,9 @@ class TiledInferConfig:
     def __post_init__(self) -> None:
         if self.overlapping < 0:
             raise ConfigError(f"tiledinfer.overlapping must not be negative, got {self.overlapping}")
-        if self.blend not in ("crop", "cosine"):
-            raise ConfigError(f"tiledinfer.blend must be 'crop' or 'cosine', got {self.blend!r}")
+        from .unit import BLENDS  # noqa: PLC0415  (the engine's registry; it imports rasterio)
+        if self.blend not in BLENDS:
+            raise ConfigError(f"tiledinfer.blend must be one of {', '.join(BLENDS)}, got {self.blend!r}")
 
 
 @dataclass(frozen=True)
@@ -342,7 +344,7 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a table of colour = class, got {value!r}")
         out: dict = {}
         for k, v in value.items():
-            rgb = _colour(k, where)
+            rgb = parse_colour(k, where)
             if rgb in out:
                 raise ConfigError(f"{where}: colour {_hex(rgb)} is given twice")
             out[rgb] = _convert(v, int, f"{where}[{_hex(rgb)}]")
@@ -350,7 +352,7 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {typ}")
 
 
-def _colour(k: Any, where: str) -> RGB:
+def parse_colour(k: Any, where: str) -> RGB:
     if isinstance(k, str):
         s = k.strip()
         if re.fullmatch(r"#?[0-9a-fA-F]{6}", s):
@@ -372,7 +374,19 @@ def _section_class(name: str):
     return typing.get_type_hints(Config)[name]
 
 
+#: Seed keys read (so the seed's configs load) that training does not use: a warning
+#: says so when a config sets them, rather than accepting them silently.
+_UNUSED = {("train", "eval_dir"): "evaluation results are written by the evaluate command, where it is told",
+           ("test", "*"): "the test split is scored by the evaluate command, not during training"}
+
+
 def _build(raw: dict[str, dict[str, Any]], source: str) -> Config:
+    for sname, values in raw.items():
+        for key in values:
+            why = _UNUSED.get((sname, key)) or _UNUSED.get((sname, "*"))
+            if why:
+                warnings.warn(f"{source}: '{sname}.{key}' is not used by training ({why})", UnusedKeyWarning,
+                              stacklevel=3)
     parts = {}
     for sname, values in raw.items():
         if sname not in _SECTIONS:

@@ -18,6 +18,11 @@ Both paths write the same layout::
   by chip: chips of one source are all on the same side. The assignment is
   deterministic: explicit glob patterns first, then the remaining sources ordered by
   a seeded hash and cut by the requested fractions.
+* ``progress(done, total)`` counts sources (regions or image files); a cancel stops
+  the run with :class:`~geoseg.errors.Cancelled`, and a failed or cancelled run
+  removes what it wrote.
+
+Chip files (pairing, mask rules, colour maps) are in :mod:`geoseg.chips`.
 """
 
 from __future__ import annotations
@@ -27,20 +32,26 @@ import fnmatch
 import hashlib
 import json
 import os
-import warnings
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
+import rasterio
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
-from .errors import ConfigError, RasterError
+from .chips import colour_map_lut, list_chips, mask_to_classes, read_rgb_mask
+from .errors import ConfigError, RasterError, one_line
+from .output import profile
+from .progress import CancelFn, ProgressFn, Reporter
+from .sources import check_same_grid, label_valid, open_raster, reflect_pad
+from .windows import chip_origins
 
-__all__ = ["TileOptions", "TileReport", "tile_rasters", "tile_folders", "colour_map_lut", "mask_to_classes",
-           "assign_splits", "chip_origins"]
+__all__ = ["TileOptions", "TileReport", "tile_rasters", "tile_folders", "assign_splits", "SPLITS"]
 
 SPLITS = ("train", "valid", "test")
-IMAGE_EXT = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -85,17 +96,6 @@ class TileReport:
                 "skipped_chips": self.skipped_chips}
 
 
-def chip_origins(length: int, chip: int, stride: int) -> list[int]:
-    """Chip starts along one axis: every ``stride`` px, the last one shifted inward
-    so the chips cover the axis; one chip at 0 if the axis is shorter than a chip."""
-    if length <= chip:
-        return [0]
-    starts = list(range(0, length - chip + 1, stride))
-    if starts[-1] + chip < length:
-        starts.append(length - chip)
-    return starts
-
-
 def assign_splits(sources: Sequence[str], opts: TileOptions) -> dict[str, str]:
     """Deterministic split per source name (patterns first, then seeded-hash order)."""
     out: dict[str, str] = {}
@@ -121,62 +121,15 @@ def assign_splits(sources: Sequence[str], opts: TileOptions) -> dict[str, str]:
     return out
 
 
-# ------------------------------------------------------------------ colour masks
-
-def colour_map_lut(rgb_map: dict[tuple[int, int, int], int]) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted 24-bit colour codes and their classes (for :func:`mask_to_classes`)."""
-    if not rgb_map:
-        raise ConfigError("the colour map (mask.rgb_map) is empty")
-    codes = np.array([(r << 16) | (g << 8) | b for r, g, b in rgb_map], np.int64)
-    classes = np.array(list(rgb_map.values()), np.uint8)
-    order = np.argsort(codes)
-    return codes[order], classes[order]
-
-
-def mask_to_classes(rgb: np.ndarray, lut: tuple[np.ndarray, np.ndarray], ignore_index: int = 255
-                    ) -> tuple[np.ndarray, dict[int, int]]:
-    """(3, h, w) uint8 colours -> (h, w) class indexes; unmapped colours -> ignore.
-
-    Returns the class array and {24-bit colour: pixels} of the unmapped colours.
-    """
-    codes, classes = lut
-    code = (rgb[0].astype(np.int64) << 16) | (rgb[1].astype(np.int64) << 8) | rgb[2].astype(np.int64)
-    pos = np.searchsorted(codes, code)
-    pos_c = np.minimum(pos, len(codes) - 1)
-    hit = codes[pos_c] == code
-    out = np.where(hit, classes[pos_c], np.uint8(ignore_index)).astype(np.uint8)
-    unmapped: dict[int, int] = {}
-    if not hit.all():
-        u, n = np.unique(code[~hit], return_counts=True)
-        unmapped = {int(a): int(b) for a, b in zip(u, n)}
-    return out, unmapped
-
-
-def _read_rgb_mask(src) -> np.ndarray:
-    """A mask file as (3, h, w) uint8 colours: RGB(A) as is, palette through its colour table."""
-    if src.count >= 3:
-        return src.read([1, 2, 3])
-    band = src.read(1)
-    try:
-        cmap = src.colormap(1)
-    except ValueError:
-        cmap = None
-    if cmap:
-        lut = np.zeros((256, 3), np.uint8)
-        for k, v in cmap.items():
-            if 0 <= k < 256:
-                lut[k] = v[:3]
-        return np.moveaxis(lut[band], -1, 0)
-    return np.stack([band] * 3)  # grey mask: the grey level is the colour
-
-
 # ------------------------------------------------------------------ writing
 
 class _Writer:
+    """Writes chips and the manifest; :meth:`abort` removes what it wrote."""
+
     def __init__(self, out_dir: Path, opts: TileOptions, overwrite: bool):
         self.out = Path(out_dir)
         if self.out.exists() and any(self.out.iterdir()) and not overwrite:
-            raise RasterError(f"output directory {self.out} is not empty (use --overwrite to add to it)")
+            raise RasterError(f"output directory {self.out} is not empty", option="overwrite")
         missing = [q for q in reversed(self.out.absolute().parents) if not q.exists()]
         if any(q.parent.exists() and not q.parent.is_dir() for q in missing + [self.out]):
             raise RasterError(f"cannot create {self.out}: a file is in the way")
@@ -197,9 +150,8 @@ class _Writer:
         self.report = TileReport(self.out)
         self.rows: list[dict] = []
 
-    def add(self, split: str, source: str, name: str, image: np.ndarray, mask: np.ndarray, profile: dict,
+    def add(self, split: str, source: str, name: str, image: np.ndarray, mask: np.ndarray, nodata,
             transform, crs, row: int, col: int) -> None:
-        import rasterio  # noqa: PLC0415
         ign = self.opts.ignore_index
         labelled = mask != ign
         frac = float(labelled.mean())
@@ -209,14 +161,11 @@ class _Writer:
         img_path = self.out / split / "images" / f"{name}.tif"
         msk_path = self.out / split / "masks" / f"{name}.tif"
         self.written += [img_path, msk_path]
-        common = dict(driver="GTiff", width=image.shape[2], height=image.shape[1], crs=crs, transform=transform)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(img_path, "w", count=image.shape[0], dtype=image.dtype,
-                               nodata=profile.get("nodata"), compress="deflate", **common) as d:
-                d.write(image)
-            with rasterio.open(msk_path, "w", count=1, dtype="uint8", nodata=ign, compress="deflate", **common) as d:
-                d.write(mask, 1)
+        common = dict(profile("chip"), width=image.shape[2], height=image.shape[1], crs=crs, transform=transform)
+        with rasterio.open(img_path, "w", count=image.shape[0], dtype=image.dtype, nodata=nodata, **common) as d:
+            d.write(image)
+        with rasterio.open(msk_path, "w", count=1, dtype="uint8", nodata=ign, **common) as d:
+            d.write(mask, 1)
         vals, counts = np.unique(mask[labelled], return_counts=True)
         cp = self.report.class_pixels[split]
         for v, c in zip(vals, counts):
@@ -229,11 +178,10 @@ class _Writer:
                           "classes": " ".join(f"{int(v)}:{int(c)}" for v, c in zip(vals, counts))})
 
     def abort(self) -> None:
-        """Remove what this run wrote (an error must not leave a half data set)."""
-        import shutil  # noqa: PLC0415
+        """Remove what this run wrote (an error or a cancel must not leave a half data set)."""
         if self.created_root:
             shutil.rmtree(self.out, ignore_errors=True)
-        for p in self.written:
+        for p in self.written + [self.out / "manifest.csv", self.out / "stats.json"]:
             p.unlink(missing_ok=True)
         for d in reversed(self.made_dirs):
             try:
@@ -253,38 +201,45 @@ class _Writer:
         return self.report
 
 
-def _pad(a: np.ndarray, h: int, w: int, value=None) -> np.ndarray:
-    ph, pw = h - a.shape[-2], w - a.shape[-1]
-    if ph <= 0 and pw <= 0:
-        return a
-    widths = [(0, 0)] * (a.ndim - 2) + [(0, max(ph, 0)), (0, max(pw, 0))]
-    if value is None:
-        return np.pad(a, widths, mode="reflect")
-    return np.pad(a, widths, constant_values=value)
+def _run(writer: _Writer, splits: dict[str, str], cut) -> TileReport:
+    """Run ``cut()`` then write the manifest; on any error or a cancel, remove what was written."""
+    try:
+        cut()
+        return writer.finish(splits)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _fit_chip(image: np.ndarray, mask: np.ndarray, chip: int, ignore: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a chip cut short by a small image to ``chip`` x ``chip``: the image mirrored,
+    the mask with the ignore index."""
+    pr, pc = chip - mask.shape[0], chip - mask.shape[1]
+    if pr == 0 and pc == 0:
+        return image, mask
+    return reflect_pad(image, pr, pc), np.pad(mask, ((0, pr), (0, pc)), constant_values=ignore)
 
 
 # ------------------------------------------------------------------ big rasters
 
 def tile_rasters(pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]], out_dir: str | os.PathLike,
                  opts: TileOptions = TileOptions(), *, label_nodata: float | None | str = "auto",
-                 overwrite: bool = False, progress=None) -> TileReport:
+                 overwrite: bool = False, progress: ProgressFn | None = None,
+                 is_cancelled: CancelFn | None = None) -> TileReport:
     """Chips from georeferenced image + label rasters (label values = class indexes).
 
     Each raster is cut into ``opts.regions`` x ``opts.regions`` regions, the unit of
     the split (named ``IMAGE#rRcC``); chips never cross a region boundary.
+    ``progress(done, total)`` counts regions; when ``is_cancelled()`` turns true the
+    run stops with :class:`~geoseg.errors.Cancelled` and removes what it wrote.
     """
-    import rasterio  # noqa: PLC0415
-    from rasterio.windows import Window, transform as wtransform  # noqa: PLC0415
-
-    from .evaluate import _same_grid  # noqa: PLC0415
-    from .io import open_raster  # noqa: PLC0415
-
-    stride = opts.stride or opts.chip
+    reporter = Reporter(progress, is_cancelled)
+    reporter.check()
     plans = []
     for img_path, lab_path in pairs:
         with open_raster(img_path) as img, open_raster(lab_path) as lab:
             try:
-                _same_grid(img, lab)
+                check_same_grid(img, lab, ("image", "label"))
             except RasterError as e:
                 raise RasterError(f"{Path(img_path).name} / {Path(lab_path).name}: {e}") from None
             h, w = img.height, img.width
@@ -297,27 +252,21 @@ def tile_rasters(pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]], o
                     plans.append((img_path, lab_path, f"{Path(img_path).name}#r{i}c{j}",
                                   (rb[i], rb[i + 1], cb[j], cb[j + 1])))
     splits = assign_splits([p[2] for p in plans], opts)
+    reporter.total = len(plans)
     writer = _Writer(Path(out_dir), opts, overwrite)
-    try:
-        _cut_rasters(plans, splits, writer, opts, stride, label_nodata, progress)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.finish(splits)
+    return _run(writer, splits, lambda: _cut_rasters(plans, splits, writer, opts, label_nodata, reporter))
 
 
-def _cut_rasters(plans, splits, writer, opts, stride, label_nodata, progress) -> None:
-    from rasterio.windows import Window, transform as wtransform  # noqa: PLC0415
-
-    from .io import label_valid, open_raster  # noqa: PLC0415
-    for k, (img_path, lab_path, source, (r0, r1, c0, c1)) in enumerate(plans):
+def _cut_rasters(plans, splits, writer: _Writer, opts: TileOptions, label_nodata, reporter: Reporter) -> None:
+    stride = opts.stride or opts.chip
+    for img_path, lab_path, source, (r0, r1, c0, c1) in plans:
         with open_raster(img_path) as img, open_raster(lab_path) as lab:
             nd = lab.nodata if label_nodata == "auto" else label_nodata
             for rr in chip_origins(r1 - r0, opts.chip, stride):
+                reporter.check()
                 for cc in chip_origins(c1 - c0, opts.chip, stride):
                     row, col = r0 + rr, c0 + cc
-                    hh, ww = min(opts.chip, r1 - row), min(opts.chip, c1 - col)
-                    win = Window(col, row, ww, hh)
+                    win = Window(col, row, min(opts.chip, c1 - col), min(opts.chip, r1 - row))
                     image = img.read(window=win)
                     label = lab.read(1, window=win)
                     valid = label_valid(label, nd)
@@ -325,22 +274,20 @@ def _cut_rasters(plans, splits, writer, opts, stride, label_nodata, progress) ->
                     bad = valid & ((label < 0) | (label > 254))
                     if bad.any():
                         raise RasterError(f"{Path(lab_path).name}: label value {label[bad][0]} is not a class "
-                                          "index 0..254 (set --label-nodata?)")
+                                          "index 0..254 (is it the label nodata value?)", option="label_nodata")
                     mask = np.where(valid, label, opts.ignore_index).astype(np.uint8)
-                    image = _pad(image, opts.chip, opts.chip)
-                    mask = _pad(mask, opts.chip, opts.chip, opts.ignore_index)
+                    image, mask = _fit_chip(image, mask, opts.chip, opts.ignore_index)
                     name = f"{Path(img_path).stem}_r{row}_c{col}"
-                    writer.add(splits[source], source, name, image, mask, {"nodata": img.nodata},
-                               wtransform(win, img.transform), img.crs, row, col)
-        if progress:
-            progress(k + 1, len(plans))
+                    writer.add(splits[source], source, name, image, mask, img.nodata,
+                               window_transform(win, img.transform), img.crs, row, col)
+        reporter.step()
 
 
 # ------------------------------------------------------------------ folders
 
-def find_pairs(image_dirs: Iterable[str | os.PathLike], mask_dirs: Iterable[str | os.PathLike],
-               root: str | os.PathLike | None = None) -> list[tuple[str, Path, Path]]:
-    """(source name, image file, mask file) pairs matched by file stem, per directory pair."""
+def _folder_sources(image_dirs: Sequence[str | os.PathLike], mask_dirs: Sequence[str | os.PathLike]
+                    ) -> list[tuple[str, Path, Path]]:
+    """(source name ``PARENT/FOLDER/FILE``, image file, mask file) of each folder pair."""
     image_dirs, mask_dirs = [Path(d) for d in image_dirs], [Path(d) for d in mask_dirs]
     if len(image_dirs) != len(mask_dirs):
         raise ConfigError(f"{len(image_dirs)} image folders but {len(mask_dirs)} mask folders")
@@ -348,70 +295,56 @@ def find_pairs(image_dirs: Iterable[str | os.PathLike], mask_dirs: Iterable[str 
         raise ConfigError("no image folders given")
     out = []
     for idir, mdir in zip(image_dirs, mask_dirs):
-        for d in (idir, mdir):
-            if not d.is_dir():
-                raise ConfigError(f"folder not found: {d}")
-        masks = {p.stem: p for p in mdir.iterdir() if p.suffix.lower() in IMAGE_EXT}
-        images = sorted(p for p in idir.iterdir() if p.suffix.lower() in IMAGE_EXT)
-        if not images:
-            raise ConfigError(f"no images (.tif .png .jpg) in {idir}")
-        for p in images:
-            if p.stem not in masks:
-                raise ConfigError(f"no mask for {p.name} in {mdir}")
-            name = str(p.relative_to(root)) if root else f"{idir.parent.name}/{idir.name}/{p.name}"
-            out.append((name, p, masks[p.stem]))
+        for ip, mp in list_chips(idir, mdir):
+            out.append((f"{idir.parent.name}/{idir.name}/{Path(ip).name}", Path(ip), Path(mp)))
     return out
 
 
 def tile_folders(image_dirs: Sequence[str | os.PathLike], mask_dirs: Sequence[str | os.PathLike],
                  out_dir: str | os.PathLike, rgb_map: dict[tuple[int, int, int], int],
-                 opts: TileOptions = TileOptions(), *, overwrite: bool = False, progress=None) -> TileReport:
+                 opts: TileOptions = TileOptions(), *, overwrite: bool = False, progress: ProgressFn | None = None,
+                 is_cancelled: CancelFn | None = None) -> TileReport:
     """Chips from image/mask folders with colour-coded masks (JPEG/PNG/TIFF, palette
-    PNGs included); each image file is a source for the split."""
-    import rasterio  # noqa: PLC0415
-
+    PNGs included); each image file is a source for the split. ``progress(done,
+    total)`` counts images; a cancel raises :class:`~geoseg.errors.Cancelled` and
+    removes what was written."""
+    reporter = Reporter(progress, is_cancelled)
+    reporter.check()
     lut = colour_map_lut(rgb_map)
-    pairs = find_pairs(image_dirs, mask_dirs)
-    splits = assign_splits([p[0] for p in pairs], opts)
+    sources = _folder_sources(image_dirs, mask_dirs)
+    splits = assign_splits([p[0] for p in sources], opts)
+    reporter.total = len(sources)
     writer = _Writer(Path(out_dir), opts, overwrite)
-    try:
-        _cut_folders(pairs, splits, writer, opts, lut, progress)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.finish(splits)
+    return _run(writer, splits, lambda: _cut_folders(sources, splits, writer, opts, lut, reporter))
 
 
-def _cut_folders(pairs, splits, writer, opts, lut, progress) -> None:
-    import rasterio  # noqa: PLC0415
-    from rasterio.windows import Window, transform as wtransform  # noqa: PLC0415
+def _cut_folders(sources, splits, writer: _Writer, opts: TileOptions, lut, reporter: Reporter) -> None:
     stride = opts.stride or opts.chip
-    for k, (source, ip, mp) in enumerate(pairs):
-        with warnings.catch_warnings(), rasterio.Env():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            try:
-                with rasterio.open(ip) as si, rasterio.open(mp) as sm:
-                    if (si.width, si.height) != (sm.width, sm.height):
-                        raise RasterError(f"{ip.name} is {si.width} x {si.height} but its mask is "
-                                          f"{sm.width} x {sm.height}")
-                    image = si.read()
-                    rgb = _read_rgb_mask(sm)
-                    crs, transform = si.crs, si.transform
-            except rasterio.errors.RasterioIOError as e:
-                raise RasterError(f"cannot read {ip.name} or its mask: {str(e).splitlines()[0]}") from None
+    c = opts.chip
+    for source, ip, mp in sources:
+        try:
+            with rasterio.open(ip) as si, rasterio.open(mp) as sm:
+                if (si.width, si.height) != (sm.width, sm.height):
+                    raise RasterError(f"{ip.name} is {si.width} x {si.height} but its mask is "
+                                      f"{sm.width} x {sm.height}")
+                image = si.read()
+                rgb = read_rgb_mask(sm)
+                crs, transform = si.crs, si.transform
+        except rasterio.errors.RasterioIOError as e:
+            raise RasterError(f"cannot read {ip.name} or its mask: {one_line(e)}") from None
         mask, unmapped = mask_to_classes(rgb, lut, opts.ignore_index)
         for code, n in unmapped.items():
             key = "#%06X" % code
             writer.report.unmapped_colours[key] = writer.report.unmapped_colours.get(key, 0) + n
         h, w = mask.shape
         georef = crs is not None and not transform.is_identity
-        for row in chip_origins(h, opts.chip, stride):
-            for col in chip_origins(w, opts.chip, stride):
-                ci = _pad(image[:, row:row + opts.chip, col:col + opts.chip], opts.chip, opts.chip)
-                cm = _pad(mask[row:row + opts.chip, col:col + opts.chip], opts.chip, opts.chip, opts.ignore_index)
-                t = wtransform(Window(col, row, opts.chip, opts.chip), transform) if georef else None
-                safe = source.replace("/", "_").replace(" ", "_").rsplit(".", 1)[0]
-                writer.add(splits[source], source, f"{safe}_r{row}_c{col}", ci, cm, {}, t, crs if georef else None,
-                           row, col)
-        if progress:
-            progress(k + 1, len(pairs))
+        safe = source.replace("/", "_").replace(" ", "_").rsplit(".", 1)[0]
+        for row in chip_origins(h, c, stride):
+            reporter.check()
+            for col in chip_origins(w, c, stride):
+                ci, cm = _fit_chip(image[:, row:row + c, col:col + c], mask[row:row + c, col:col + c], c,
+                                   opts.ignore_index)
+                t = window_transform(Window(col, row, c, c), transform) if georef else None
+                writer.add(splits[source], source, f"{safe}_r{row}_c{col}", ci, cm, None, t,
+                           crs if georef else None, row, col)
+        reporter.step()

@@ -6,9 +6,22 @@ also derives from the built-in type a Python caller would expect (``ValueError``
 one-line message; anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
 
 class GeosegError(Exception):
-    """Root of all geoseg errors."""
+    """Root of all geoseg errors.
+
+    ``option`` names the parameter of the Python API (``"overwrite"``, ``"bands"``,
+    ``"label_nodata"``...) whose setting would resolve the error. The core's messages
+    never spell a command-line flag: each adapter adds its own hint from ``option``
+    (the CLI "use --overwrite to replace it", the QGIS plugin its parameter's label),
+    as rasterio keeps ``--overwrite`` in ``rio``'s helpers.
+    """
+
+    def __init__(self, *args: object, option: str | None = None) -> None:
+        super().__init__(*args)
+        self.option = option
 
 
 class ConfigError(GeosegError, ValueError):
@@ -47,5 +60,18 @@ class NotGeoreferencedWarning(GeosegWarning):
     """The raster has no CRS: areas are reported in pixels."""
 
 
+class UnusedKeyWarning(GeosegWarning):
+    """A configuration key is read (for compatibility) but has no effect."""
+
+
 class PixelSizeWarning(GeosegWarning):
     """The input pixel size differs from the one the model was trained at."""
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none). A
+    wrapper's "see previous exception" text gives way to the cause it points at."""
+    while "previous exception" in str(e) and e.__cause__ is not None:
+        e = e.__cause__
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__

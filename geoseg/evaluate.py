@@ -9,8 +9,10 @@ Scores from a confusion matrix ``C[truth, pred]`` (pixels counted once):
   never counted): a mean that includes a dominant background looks better than
   the model is.
 
-:func:`evaluate_rasters` compares two rasters on the same grid block by block (no
-whole-scene arrays), so it works on scenes of any size.
+:func:`evaluate_rasters` compares two rasters on the same grid block by block, and
+:func:`evaluate_model_on_raster` scores the engine's blocks as they are made through a
+:class:`ConfusionSink` (nothing written, no whole-scene arrays), so both work on
+scenes of any size.
 """
 
 from __future__ import annotations
@@ -23,15 +25,26 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from rasterio.windows import Window
 
+from .bundle import ModelMeta
 from .errors import RasterError
+from .output import CLASS_NODATA
+from .pipeline import run_plan
+from .predict import resolve_model
+from .progress import CancelFn, ProgressFn, Reporter
+from .sources import ArraySource, check_same_grid, label_valid, open_raster, open_source, to_window
+from .unit import Forward, PredictOptions, input_gain_bias, make_plan
+from .windows import Rect
 
-__all__ = ["Scores", "confusion_matrix", "scores_from_confusion", "evaluate_rasters", "write_scores",
-           "plot_confusion", "evaluate_model_on_raster", "format_scores"]
+__all__ = ["Scores", "ConfusionSink", "confusion_matrix", "scores_from_confusion", "evaluate_rasters",
+           "write_scores", "plot_confusion", "evaluate_model_on_raster", "evaluate_chips", "format_scores"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scores:
+    """Scores of a confusion matrix (built by :func:`scores_from_confusion`)."""
+
     class_ids: list[int]
     class_names: list[str]
     confusion: np.ndarray          # (K, K) int64, rows = truth, columns = prediction
@@ -104,61 +117,81 @@ def scores_from_confusion(conf: np.ndarray, class_ids: Sequence[int], class_name
     dice = _div(2 * tp, 2 * tp + fp + fn)
     keep = [k for k, c in enumerate(class_ids) if c != background]
     total = conf.sum()
-    s = Scores(list(class_ids), list(class_names or [f"class_{c}" for c in class_ids]), conf, background,
-               unpredicted, iou.tolist(), dice.tolist(), _div(tp, tp + fp).tolist(), _div(tp, tp + fn).tolist(),
-               float(tp.sum() / total) if total else float("nan"))
     with np.errstate(all="ignore"):
         sub_i, sub_d = iou[keep], dice[keep]
-        s.mean_iou = float(np.nanmean(sub_i)) if np.isfinite(sub_i).any() else float("nan")
-        s.mean_dice = float(np.nanmean(sub_d)) if np.isfinite(sub_d).any() else float("nan")
-    return s
+        mean_iou = float(np.nanmean(sub_i)) if np.isfinite(sub_i).any() else float("nan")
+        mean_dice = float(np.nanmean(sub_d)) if np.isfinite(sub_d).any() else float("nan")
+    return Scores(class_ids=list(class_ids), class_names=list(class_names or [f"class_{c}" for c in class_ids]),
+                  confusion=conf, background=background, unpredicted=unpredicted, iou=iou.tolist(),
+                  dice=dice.tolist(), precision=_div(tp, tp + fp).tolist(), recall=_div(tp, tp + fn).tolist(),
+                  overall_accuracy=float(tp.sum() / total) if total else float("nan"), mean_iou=mean_iou,
+                  mean_dice=mean_dice)
 
 
-def _same_grid(a, b) -> None:
-    if (a.width, a.height) != (b.width, b.height):
-        raise RasterError(f"prediction is {a.width} x {a.height} px but the truth is {b.width} x {b.height}")
-    if not a.transform.almost_equals(b.transform):
-        raise RasterError("prediction and truth are not on the same grid (transforms differ)")
-    if a.crs and b.crs and a.crs != b.crs:
-        import pyproj  # noqa: PLC0415
-        ca, cb = pyproj.CRS.from_wkt(a.crs.to_wkt()), pyproj.CRS.from_wkt(b.crs.to_wkt())
-        # the same projection spelled differently (e.g. EPSG:32119 vs EPSG:3358 in the NC data) is fine
-        if not (ca.equals(cb, ignore_axis_order=True) or ca.to_proj4() == cb.to_proj4()):
-            raise RasterError(f"prediction and truth have different CRSs ({ca.name} vs {cb.name})")
+class ConfusionSink:
+    """A sink that scores finished blocks against a truth raster instead of writing
+    them (memory bounded by the block, at any scene size).
+
+    ``truth`` is an open rasterio dataset or an :class:`geoseg.sources.ArraySource` on
+    the prediction's grid (class values in band 1). Pixels where the truth is nodata,
+    not finite or one of ``ignore`` are not counted; valid truth pixels the
+    prediction left as nodata are counted as ``unpredicted``.
+    """
+
+    def __init__(self, truth, class_ids: Sequence[int], truth_nodata=None, ignore: Sequence[int] = ()):
+        self.truth = truth
+        self.class_ids = [int(c) for c in class_ids]
+        self.nodata = truth_nodata
+        self.ignore = tuple(ignore)
+        k = len(self.class_ids)
+        self.confusion = np.zeros((k, k), np.int64)
+        self.unpredicted = 0
+
+    def _truth(self, rect: Rect) -> np.ndarray:
+        if isinstance(self.truth, ArraySource):
+            sl = rect.slices()
+            return self.truth.array[0, sl[0], sl[1]]
+        return self.truth.read(1, window=to_window(rect))
+
+    def write(self, res) -> None:
+        """Count one finished block (a :class:`geoseg.unit.UnitResult`)."""
+        self.add(res.classes, self._truth(res.unit.region))
+
+    def add(self, pred: np.ndarray, truth: np.ndarray, pred_nodata: float | None = CLASS_NODATA) -> None:
+        valid = label_valid(truth, self.nodata)
+        for v in self.ignore:
+            valid &= truth != v
+        if pred_nodata is not None:
+            self.unpredicted += int(np.count_nonzero(valid & (pred == pred_nodata)))
+        self.confusion += confusion_matrix(truth, pred, self.class_ids, valid)
+
+    def scores(self, class_names: Sequence[str] | None = None, background: int | None = None) -> Scores:
+        return scores_from_confusion(self.confusion, self.class_ids, class_names, background, self.unpredicted)
 
 
 def evaluate_rasters(pred_path: str | os.PathLike, truth_path: str | os.PathLike, class_ids: Sequence[int],
                      class_names: Sequence[str] | None = None, background: int | None = None,
-                     truth_nodata: float | None | str = "auto", ignore: Sequence[int] = ()) -> Scores:
+                     truth_nodata: float | None | str = "auto", ignore: Sequence[int] = (),
+                     progress: ProgressFn | None = None, is_cancelled: CancelFn | None = None) -> Scores:
     """Compare a predicted class raster with a truth raster, block by block.
 
     ``truth_nodata``: ``"auto"`` honours the truth's declared nodata, ``None``
     ignores it (the S2 truth files wrongly declare 0), a value overrides it.
     Truth pixels in ``ignore`` are not counted. Prediction nodata (255) inside valid
-    truth is counted as ``unpredicted``.
+    truth is counted as ``unpredicted``. Rasters not on the same grid are refused.
     """
-    from rasterio.windows import Window  # noqa: PLC0415
-
-    from .io import CLASS_NODATA, label_valid, open_raster  # noqa: PLC0415
-
-    k = len(class_ids)
-    conf = np.zeros((k, k), np.int64)
-    unpredicted = 0
     with open_raster(pred_path) as p, open_raster(truth_path) as t:
-        _same_grid(p, t)
-        nd = t.nodata if truth_nodata == "auto" else truth_nodata
+        check_same_grid(p, t)
+        sink = ConfusionSink(t, class_ids, t.nodata if truth_nodata == "auto" else truth_nodata, ignore)
         step = max(1, (4 << 20) // max(p.width, 1))
-        for r0 in range(0, p.height, step):
+        starts = range(0, p.height, step)
+        reporter = Reporter(progress, is_cancelled, total=len(starts))
+        reporter.check()
+        for r0 in starts:
             win = Window(0, r0, p.width, min(step, p.height - r0))
-            pr = p.read(1, window=win)
-            tr = t.read(1, window=win)
-            valid = label_valid(tr, nd)
-            for v in ignore:
-                valid &= tr != v
-            pnd = CLASS_NODATA if p.nodata is None else p.nodata
-            unpredicted += int(np.count_nonzero(valid & (pr == pnd)))
-            conf += confusion_matrix(tr, pr, class_ids, valid)
-    return scores_from_confusion(conf, class_ids, class_names, background, unpredicted)
+            sink.add(p.read(1, window=win), t.read(1, window=win), CLASS_NODATA if p.nodata is None else p.nodata)
+            reporter.step()
+    return sink.scores(class_names, background)
 
 
 def write_scores(scores: Scores, prefix: str | os.PathLike) -> list[Path]:
@@ -181,15 +214,8 @@ def write_scores(scores: Scores, prefix: str | os.PathLike) -> list[Path]:
 
 def plot_confusion(scores: Scores, path: str | os.PathLike, title: str = "") -> Path:
     """Confusion-matrix PNG: rows (truth) normalised to 1, counts written in the cells."""
-    import warnings  # noqa: PLC0415
-
-    with warnings.catch_warnings():  # Debian's mpl_toolkits beside a pip matplotlib
-        warnings.filterwarnings("ignore", message="Unable to import Axes3D")
-        import matplotlib  # noqa: PLC0415
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-        fig, ax = plt.subplots(figsize=(1, 1))
-        plt.close(fig)
+    from .preview import pyplot  # noqa: PLC0415  (matplotlib only when a plot is asked for)
+    plt = pyplot()
 
     conf = scores.confusion.astype(np.float64)
     rows = conf.sum(axis=1, keepdims=True)
@@ -219,26 +245,28 @@ def plot_confusion(scores: Scores, path: str | os.PathLike, title: str = "") -> 
     return out
 
 
-def evaluate_model_on_raster(model, image_path: str | os.PathLike, truth_path: str | os.PathLike,
-                             options=None, truth_nodata: float | None | str = "auto",
-                             ignore: Sequence[int] = (), keep_prediction: str | os.PathLike | None = None,
-                             progress=None) -> Scores:
-    """Segment ``image_path`` with the engine (windowed, as ``predict`` does) and
-    compare the result with ``truth_path`` block by block."""
-    import tempfile  # noqa: PLC0415
+def evaluate_model_on_raster(model, image, truth_path: str | os.PathLike, options: PredictOptions | None = None,
+                             truth_nodata: float | None | str = "auto", ignore: Sequence[int] = (),
+                             background: int | None | str = "model", forward: Forward | None = None,
+                             progress: ProgressFn | None = None, is_cancelled: CancelFn | None = None) -> Scores:
+    """Segment ``image`` with the engine (windowed, as ``predict`` does) and score each
+    finished block against ``truth_path`` as it comes: no prediction raster is written
+    or read back, and memory stays bounded by the pipeline at any scene size.
 
-    from .predict import PredictOptions, predict_raster  # noqa: PLC0415
-
-    if isinstance(model, (str, os.PathLike)):
-        from .model import load_model  # noqa: PLC0415
-        model = load_model(model)
-    meta = model.meta
-    with tempfile.TemporaryDirectory() as tmp:
-        pred = Path(keep_prediction) if keep_prediction else Path(tmp) / "prediction.tif"
-        predict_raster(image_path, pred, model, options or PredictOptions(), overwrite=bool(keep_prediction),
-                       progress=progress)
-        return evaluate_rasters(pred, truth_path, [c.id for c in meta.classes], [c.name for c in meta.classes],
-                                meta.background, truth_nodata, ignore)
+    ``background``: the class left out of the means (``"model"``: the bundle's)."""
+    options = options or PredictOptions()
+    meta, get_forward = resolve_model(model, options, forward)
+    bg = meta.background if background == "model" else background
+    reporter = Reporter(progress, is_cancelled)
+    reporter.check()
+    with open_source(image) as src, open_raster(truth_path) as t:
+        check_same_grid(src, t, ("image", "truth"))
+        plan = make_plan(src, meta, options)
+        reporter.total = len(plan.grid)
+        ids = [c.id for c in meta.classes]
+        sink = ConfusionSink(t, ids, t.nodata if truth_nodata == "auto" else truth_nodata, ignore)
+        run_plan(plan, get_forward(), sink.write, reporter, options.prefetch)
+    return sink.scores([c.name for c in meta.classes], bg)
 
 
 def format_scores(scores: Scores) -> str:
@@ -259,86 +287,71 @@ def format_scores(scores: Scores) -> str:
 
 def evaluate_chips(model, image_dir: str | os.PathLike, mask_dir: str | os.PathLike,
                    rgb_map: dict | None = None, ignore_index: int = 255, batch_size: int = 8,
-                   options=None, progress=None, ignore: Sequence[int] = ()) -> Scores:
+                   options: PredictOptions | None = None, ignore: Sequence[int] = (),
+                   background: int | None | str = "model", forward: Forward | None = None,
+                   progress: ProgressFn | None = None, is_cancelled: CancelFn | None = None) -> Scores:
     """Scores of a model on image/mask folders (masks as class indexes, or colours
     through ``rgb_map``; unmapped colours and ``ignore`` values are not counted).
 
     A chip that fits one window (a multiple of the model's tile multiple, no larger
     than its tile) is one batched forward pass, scaled as the bundle says; a larger
     image (e.g. a whole Dubai tile part) is segmented with the engine, windowed and
-    overlapped as ``predict`` does with ``options``."""
-    from .dataset import colour_map_lut  # noqa: PLC0415
-    from .train import _read_chip, list_chips  # noqa: PLC0415
+    overlapped as ``predict`` does with ``options``. ``background``: the class left
+    out of the means (``"model"``: the bundle's)."""
+    from .chips import MaskRule, list_chips, read_chip  # noqa: PLC0415
 
-    if isinstance(model, (str, os.PathLike)):
-        from .model import load_model  # noqa: PLC0415
-        model = load_model(model)
-    from .model import make_forward  # noqa: PLC0415
-    meta = model.meta
+    options = options or PredictOptions()
+    meta, get_forward = resolve_model(model, options, forward)
     spec = meta.input
     pairs = list_chips(image_dir, mask_dir)
-    lut = colour_map_lut(rgb_map) if rgb_map else None
-    gain = (np.array(spec.scale) / np.array(spec.std)).astype(np.float32)
-    bias = ((np.array(spec.offset) * np.array(spec.scale) - np.array(spec.mean)) / np.array(spec.std)).astype(np.float32)
-    from .predict import PredictOptions, tta_forward  # noqa: PLC0415
-    fwd = tta_forward(make_forward(model.keras_model, meta.tile_size, spec.n_bands, meta.head),
-                      (options or PredictOptions()).tta)
+    lut = MaskRule.colours(rgb_map) if rgb_map else MaskRule.indexes()
+    gain, bias = input_gain_bias(spec)
+    fwd = get_forward()
     ids = np.array([c.id for c in meta.classes], np.uint8)
-    k = len(ids)
-    conf = np.zeros((k, k), np.int64)
+    skip = [ignore_index, *ignore]
+    sink = ConfusionSink(None, list(ids), None, skip)
     batch_x, batch_y = [], []
+    reporter = Reporter(progress, is_cancelled, total=len(pairs))
+    reporter.check()
 
     def flush():
-        nonlocal conf
         if not batch_x:
             return
         probs = fwd(np.stack(batch_x))
         for p, y in zip(probs, batch_y):
-            pred = ids[np.argmax(p, axis=-1)]
-            conf += confusion_matrix(y, pred, list(ids), ~np.isin(y, skip))
+            sink.add(ids[np.argmax(p, axis=-1)], y, None)
         batch_x.clear()
         batch_y.clear()
 
     m = meta.tile_multiple
-    skip = [ignore_index, *ignore]
-    for n, (ip, mp) in enumerate(pairs):
-        x, y = _read_chip(ip, mp, lut, ignore_index)
+    for ip, mp in pairs:
+        x, y = read_chip(ip, mp, lut, ignore_index)
         if x.shape[0] != spec.n_bands:
             raise RasterError(f"{os.path.basename(ip)} has {x.shape[0]} bands but the model takes {spec.n_bands}")
-        if progress is not None:
-            progress(n, len(pairs))
         if x.shape[1] % m or x.shape[2] % m or max(x.shape[1:]) > meta.tile_size:
-            conf += _engine_confusion(model, ip, y, list(ids), skip, options)
-            continue
-        if batch_x and x.shape[1:] != batch_x[0].shape[:2]:
-            flush()
-        batch_x.append(np.moveaxis(x.astype(np.float32), 0, -1) * gain + bias)
-        batch_y.append(y)
-        if len(batch_x) == batch_size:
-            flush()
+            _engine_confusion(sink, x, y, os.path.basename(str(ip)), meta, fwd, options)
+        else:
+            if batch_x and x.shape[1:] != batch_x[0].shape[:2]:
+                flush()
+            batch_x.append(np.moveaxis(x.astype(np.float32), 0, -1) * gain + bias)
+            batch_y.append(y)
+            if len(batch_x) == batch_size:
+                flush()
+        reporter.step()
     flush()
-    if progress is not None:
-        progress(len(pairs), len(pairs))
-    return scores_from_confusion(conf, [c.id for c in meta.classes], [c.name for c in meta.classes],
-                                 meta.background)
+    bg = meta.background if background == "model" else background
+    return sink.scores([c.name for c in meta.classes], bg)
 
 
-def _engine_confusion(model, image_path, truth: np.ndarray, ids: list[int], skip: list[int],
-                      options=None) -> np.ndarray:
-    """Segment one image with the engine (windows, overlap, as predict) and count it
-    against ``truth`` (already mapped to class indexes)."""
-    import tempfile  # noqa: PLC0415
-    import warnings  # noqa: PLC0415
-
-    from .predict import PredictOptions, predict_raster  # noqa: PLC0415
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # plain photos: no georeferencing, areas in pixels - irrelevant here
-        out = Path(tmp) / "classes.tif"
-        predict_raster(image_path, out, model, options or PredictOptions(), overwrite=True)
-        import rasterio  # noqa: PLC0415
-        with rasterio.open(out) as src:
-            pred = src.read(1)
-    if pred.shape != truth.shape:
-        raise RasterError(f"{os.path.basename(str(image_path))}: image and mask sizes differ "
-                          f"({pred.shape[1]} x {pred.shape[0]} vs {truth.shape[1]} x {truth.shape[0]})")
-    return confusion_matrix(truth, pred, ids, ~np.isin(truth, skip))
+def _engine_confusion(sink: ConfusionSink, image: np.ndarray, truth: np.ndarray, name: str, meta: ModelMeta,
+                      forward: Forward, options: PredictOptions) -> None:
+    """Segment one image held in memory with the engine (windows, overlap, as
+    ``predict``) and score its blocks against ``truth`` (class indexes)."""
+    if image.shape[1:] != truth.shape:
+        raise RasterError(f"{name}: image and mask sizes differ ({image.shape[2]} x {image.shape[1]} vs "
+                          f"{truth.shape[1]} x {truth.shape[0]})")
+    src = ArraySource(image, name=name)
+    plan = make_plan(src, meta, options)
+    part = ConfusionSink(ArraySource(truth), sink.class_ids, None, sink.ignore)
+    run_plan(plan, forward, part.write, Reporter(), options.prefetch)
+    sink.confusion += part.confusion

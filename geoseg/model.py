@@ -11,6 +11,7 @@ code runs on JAX: jit-compiled forward pass, training fed by a Keras PyDataset.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import sys
 import tempfile
@@ -23,7 +24,8 @@ import numpy as np
 from .bundle import MODEL_NAME, ModelMeta, read_bundle_member, read_metadata, write_bundle
 from .errors import MissingDependencyError, ModelError
 
-__all__ = ["build_unet", "save_model", "load_model", "LoadedModel", "make_forward", "keras_module"]
+__all__ = ["build_unet", "save_model", "load_model", "LoadedModel", "make_forward", "keras_module", "ModelRef",
+           "load_forward", "forward_of"]
 
 _PRELOADED = False
 
@@ -145,11 +147,78 @@ def save_model(path: str | os.PathLike, model: Any, meta: ModelMeta) -> None:
         write_bundle(path, meta, f.read_bytes())
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
+    """A bundle loaded in this process: its metadata and the Keras model."""
+
     meta: ModelMeta
     keras_model: Any
     path: str = ""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A picklable reference to a model bundle for any process (a thread pool, a Dask
+    worker): the bundle's path and content hash, and the test-time augmentation to
+    run it with. :func:`load_forward` turns it into a compiled forward function once
+    per process; a Keras object is never pickled or shipped."""
+
+    path: str
+    sha256: str
+    tta: str = "none"
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, tta: str = "none") -> "ModelRef":
+        p = Path(path)
+        read_metadata(p)  # a one-line ModelError now, not in a worker later
+        return cls(str(p.absolute()), _sha256(p), tta)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+#: How many times this process loaded a bundle to build a forward function (tests count it).
+LOADS = {"count": 0}
+_FORWARDS: dict[ModelRef, Callable[[np.ndarray], np.ndarray]] = {}
+_MAX_FORWARDS = 4
+
+
+def _cache(ref: ModelRef, fwd: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    while len(_FORWARDS) >= _MAX_FORWARDS:
+        _FORWARDS.pop(next(iter(_FORWARDS)))
+    _FORWARDS[ref] = fwd
+    return fwd
+
+
+def load_forward(ref: ModelRef) -> Callable[[np.ndarray], np.ndarray]:
+    """The compiled forward function (with test-time augmentation) of ``ref``, built
+    once per process and cached. Refuses a bundle whose content changed since the
+    reference was made (a worker must run the model the client planned with)."""
+    from .unit import tta_forward  # noqa: PLC0415  (unit imports rasterio: keep this module light)
+    if ref in _FORWARDS:
+        return _FORWARDS[ref]
+    if _sha256(Path(ref.path)) != ref.sha256:
+        raise ModelError(f"{ref.path}: the bundle changed since this run started")
+    lm = load_model(ref.path)
+    LOADS["count"] += 1
+    return _cache(ref, tta_forward(make_forward(lm.keras_model, lm.meta.input.n_bands, lm.meta.head), ref.tta))
+
+
+def forward_of(model: LoadedModel, tta: str = "none") -> Callable[[np.ndarray], np.ndarray]:
+    """The forward function of a model held in memory. A model loaded from a bundle
+    shares the per-process cache of :func:`load_forward` (compiled once from the
+    Keras model already in memory); one built in memory (training) is compiled now."""
+    from .unit import tta_forward  # noqa: PLC0415
+    ref = ModelRef.of(model.path, tta) if model.path and Path(model.path).is_file() else None
+    if ref is not None and ref in _FORWARDS:
+        return _FORWARDS[ref]
+    fwd = tta_forward(make_forward(model.keras_model, model.meta.input.n_bands, model.meta.head), tta)
+    return _cache(ref, fwd) if ref is not None else fwd
 
 
 def load_model(path: str | os.PathLike) -> LoadedModel:
@@ -191,15 +260,14 @@ def _check_model_fits(model: Any, meta: ModelMeta, where: str) -> None:
                          f"has {meta.n_classes} classes ({meta.head} head)")
 
 
-def make_forward(model: Any, tile: int, n_bands: int, head: str = "softmax") -> Callable[[np.ndarray], np.ndarray]:
+def make_forward(model: Any, n_bands: int, head: str = "softmax") -> Callable[[np.ndarray], np.ndarray]:
     """A compiled forward pass: ``(N, h, w, bands) float32 -> (N, h, w, K)`` probabilities.
 
     TensorFlow backend: one ``tf.function`` whose signature leaves batch and window
     sizes open (no retracing for short batches or trimmed border windows; about 25 %
     faster than ``model.predict``, see stack.md). JAX backend: ``jax.jit`` over
     ``stateless_call`` (compiled once per window shape). A sigmoid head is returned
-    as two channels ``[1 - p, p]``. ``tile`` is the usual window size (kept for
-    callers that warm the function up).
+    as two channels ``[1 - p, p]``.
     """
     keras = keras_module()
     backend = keras.backend.backend()

@@ -10,9 +10,24 @@ from typing import Sequence
 import numpy as np
 
 from .bundle import ModelMeta
-from .io import CLASS_NODATA
+from .output import CLASS_NODATA
+from .sources import Source
 
-__all__ = ["write_preview"]
+__all__ = ["write_preview", "pyplot"]
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the headless Agg backend (plots are files, never windows).
+
+    Debian's mpl_toolkits (installed with QGIS) beside a pip matplotlib warns "Unable to
+    import Axes3D" at import: that one message is filtered, once, for the process
+    (``warnings.catch_warnings`` is not thread-safe, and QGIS runs algorithms off the
+    main thread)."""
+    warnings.filterwarnings("ignore", message="Unable to import Axes3D")
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    return plt
 
 
 def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -25,26 +40,23 @@ def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return (np.clip((band - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
-def write_preview(src_path: str | os.PathLike, class_path: str | os.PathLike, out_path: str | os.PathLike,
+def write_preview(src: Source, class_path: str | os.PathLike, out_path: str | os.PathLike,
                   meta: ModelMeta, bands: Sequence[int], max_size: int = 1024, alpha: float = 0.45) -> None:
     """Write a PNG at most ``max_size`` px on its long side (decimated reads: bounded memory)."""
     import rasterio  # noqa: PLC0415
     from rasterio.enums import Resampling  # noqa: PLC0415
 
-    with warnings.catch_warnings(), rasterio.Env():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(src_path) as src, rasterio.open(class_path) as cls:
-            scale = min(1.0, max_size / max(src.width, src.height))
-            w, h = max(1, round(src.width * scale)), max(1, round(src.height * scale))
-            if meta.input.rgb:
-                rgb = [bands[meta.input.bands.index(b)] for b in meta.input.rgb]
-            elif len(bands) >= 3:
-                rgb = list(bands[:3])
-            else:
-                rgb = [bands[0]] * 3
-            img = src.read(rgb, out_shape=(3, h, w), resampling=Resampling.nearest, out_dtype="float32")
-            valid = np.all(src.read_masks(rgb, out_shape=(3, h, w), resampling=Resampling.nearest) > 0, axis=0)
-            valid &= np.all(np.isfinite(img), axis=0)
+    with rasterio.Env():
+        scale = min(1.0, max_size / max(src.width, src.height))
+        w, h = max(1, round(src.width * scale)), max(1, round(src.height * scale))
+        if meta.input.rgb:
+            rgb = [bands[meta.input.bands.index(b)] for b in meta.input.rgb]
+        elif len(bands) >= 3:
+            rgb = list(bands[:3])
+        else:
+            rgb = [bands[0]] * 3
+        img, valid = src.read_decimated(rgb, h, w)
+        with rasterio.open(class_path) as cls:
             classes = cls.read(1, out_shape=(h, w), resampling=Resampling.nearest)
         base = np.stack([_stretch(img[i], valid) for i in range(3)]).astype(np.float32)
         lut = np.zeros((256, 3), np.float32)

@@ -1,8 +1,11 @@
 """Progress reporting and cancellation, independent of any UI.
 
-The core calls ``progress(done, total)`` as units of work finish and
-``is_cancelled()`` before starting more, both from the thread that called it. The CLI draws a click progress bar from the
-first; the QGIS plugin forwards both to ``QgsProcessingFeedback``.
+Every long operation (predict, areas, tile, evaluate, train) takes the same two
+optional callbacks: ``progress(done, total)`` as units of work finish and
+``is_cancelled()`` before starting more, both called from the thread that called
+the operation. A cancelled operation raises :class:`geoseg.errors.Cancelled` and
+leaves no output behind. The CLI draws a click progress bar from the first; the
+QGIS plugin forwards both to ``QgsProcessingFeedback``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ class Reporter:
     def advance(self, n: int = 1) -> None:
         """Count finished units (any thread); :meth:`report` tells the callback."""
         self.done += n
+
+    def step(self, n: int = 1) -> None:
+        """For single-threaded loops: count ``n`` finished units, report, then stop
+        here if the caller has asked to cancel."""
+        self.advance(n)
+        self.report()
+        self.check()
 
     def report(self) -> None:
         """Call the progress callback if there is news (from the calling thread only,

@@ -46,7 +46,7 @@ from typing import Iterator
 
 from .errors import ConfigError
 
-__all__ = ["Rect", "TileWindow", "Unit", "Grid", "make_grid", "choose_block_size", "split_axis"]
+__all__ = ["Rect", "TileWindow", "Unit", "Grid", "make_grid", "choose_block_size", "split_axis", "chip_origins"]
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,26 @@ def split_axis(start: int, length: int, max_size: int) -> list[tuple[int, int]]:
         parts.append((pos, size))
         pos += size
     return parts
+
+
+def chip_origins(length: int, chip: int, stride: int) -> list[int]:
+    """Chip starts along one axis (``geoseg tile``): every ``stride`` px, the last one
+    shifted inward so the chips cover the axis; one chip at 0 if the axis is no longer
+    than a chip (the chip is then padded).
+
+    >>> chip_origins(100, 32, 32)
+    [0, 32, 64, 68]
+    >>> chip_origins(100, 32, 20)
+    [0, 20, 40, 60, 68]
+    >>> chip_origins(10, 32, 32)
+    [0]
+    """
+    if length <= chip:
+        return [0]
+    starts = list(range(0, length - chip + 1, stride))
+    if starts[-1] + chip < length:
+        starts.append(length - chip)
+    return starts
 
 
 def split_cores(start: int, length: int, stride: int, extent: int, edge_bonus: int,

@@ -27,6 +27,13 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture
+def runner():
+    """A click ``CliRunner`` for the ``geoseg`` commands (rasterio's tests/conftest.py style)."""
+    from click.testing import CliRunner  # noqa: PLC0415
+    return CliRunner()
+
+
+@pytest.fixture
 def make_geotiff(tmp_path):
     """Factory: write a GeoTIFF with 1 m UTM pixels (areas exact) and return its path."""
     counter = {"n": 0}
@@ -81,9 +88,13 @@ def fake_model():
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
-    """A tiny real Keras UNet saved as a .geoseg bundle (3 bands, 2 classes, untrained
-    except for a bias that makes 'band 1 bright' class 1)."""
-    from geoseg.model import build_unet, save_model
+    """A tiny real Keras UNet saved as a .geoseg bundle (3 bands, 2 classes, untrained).
+
+    Its weights are seeded, so its output is the same in every run: on RGB.byte it
+    predicts both classes and is not flip-symmetric (``test_model.py`` checks both, so
+    tests that compare a plain and a flip-TTA run can rely on a difference)."""
+    from geoseg.model import build_unet, keras_module, save_model
+    keras_module().utils.set_random_seed(0)
     model = build_unet(2, 3, base_filters=4, num_layers=2)
     meta = make_meta(n_bands=3, tile=32, overlap=8, multiple=2, scale=1 / 255)
     path = tmp_path_factory.mktemp("models") / "tiny.geoseg"
@@ -115,3 +126,24 @@ def water_config(train_keys: str, tail: str = "") -> str:
     return (WATER_MODEL_TOML + "\n[train]\n" + train_keys +
             'image_datapath = "{d}/chips/train/images"\nmask_datapath = "{d}/chips/train/masks"\n'
             '\n[eval]\nimage_datapath = "{d}/chips/valid/images"\nmask_datapath = "{d}/chips/valid/masks"\n' + tail)
+
+
+def box_forward(radius=2, threshold=0.5, batch_sensitive=False):
+    """A stand-in model with spatial context: class 1 where the (2r+1)² box mean of band 1
+    (zero outside the window, like a CNN's 'same' padding) exceeds ``threshold``.
+
+    With ``batch_sensitive`` the output also moves a little with the batch's mean, so
+    two runs agree only when the same windows were batched together."""
+    def fwd(x):
+        a = x[..., 0].astype(np.float64)
+        n, h, w = a.shape
+        p = np.pad(a, ((0, 0), (radius + 1, radius), (radius + 1, radius)))
+        c = p.cumsum(1).cumsum(2)
+        k = 2 * radius + 1
+        s = c[:, k:, k:] - c[:, :-k, k:] - c[:, k:, :-k] + c[:, :-k, :-k]
+        m = s / (k * k)
+        if batch_sensitive:
+            m = m + 0.05 * np.tanh(a.mean())
+        p1 = 1.0 / (1.0 + np.exp(-(m - threshold) * 8.0))
+        return np.stack([1 - p1, p1], -1).astype(np.float32)
+    return fwd

@@ -7,9 +7,11 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from geoseg.dataset import TileOptions, assign_splits, chip_origins, mask_to_classes, colour_map_lut, tile_folders, tile_rasters
+from geoseg.chips import colour_map_lut, mask_to_classes
+from geoseg.dataset import TileOptions, assign_splits, tile_folders, tile_rasters
 from geoseg.demo import SCENE, TRUTH
-from geoseg.errors import ConfigError, RasterError
+from geoseg.errors import Cancelled, ConfigError, RasterError
+from geoseg.windows import chip_origins
 from geoseg_cli.main import cli
 
 
@@ -138,7 +140,7 @@ def test_tile_errors_leave_nothing(tmp_path, make_geotiff):
     assert res.exit_code == 1 and "folder not found" in res.output and not out.exists()
     res = r.invoke(cli, ["tile", str(tmp_path / "o2"), "--images", "a", "--masks", "b",
                          "--rgb-map", "#000000=0,#000000=1"])
-    assert res.exit_code == 1 and "given twice" in res.output
+    assert res.exit_code == 2 and "given twice" in res.output  # click: a bad --rgb-map value
     big = make_geotiff(np.ones((1, 40, 40), np.uint8), name="big.tif")
     other = make_geotiff(np.ones((1, 30, 40), np.uint8), name="other.tif")
     res = r.invoke(cli, ["tile", str(tmp_path / "o3"), "--image", str(big), "--label", str(other)])
@@ -154,6 +156,35 @@ def test_tile_errors_leave_nothing(tmp_path, make_geotiff):
         TileOptions(fractions=(0.5, 0.2, 0.2))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    with pytest.raises(RasterError, match="not empty"):
+    with pytest.raises(RasterError, match="not empty") as e:
         tile_rasters([(SCENE, TRUTH)], tmp_path / "full", label_nodata=None)
+    assert e.value.option == "overwrite" and "--" not in str(e.value)
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+    bad = make_geotiff(np.full((40, 40), 300, np.uint16), name="bad.tif")
+    with pytest.raises(RasterError, match="label value 300 is not a class index 0..254") as e:
+        tile_rasters([(big, bad)], tmp_path / "o6", TileOptions(chip=16), label_nodata=None)
+    assert e.value.option == "label_nodata" and "--" not in str(e.value) and not (tmp_path / "o6").exists()
+
+
+def test_cancelled_tiling_leaves_nothing(tmp_path):
+    """progress counts sources (regions, images); a cancel seen after the first one
+    stops the run with Cancelled and removes what it wrote: a new folder, and the
+    chips written into a folder that was there."""
+    calls = []
+    out = tmp_path / "new" / "chips"
+    with pytest.raises(Cancelled):
+        tile_rasters([(SCENE, TRUTH)], out, TileOptions(chip=64, regions=2), label_nodata=None,
+                     progress=lambda done, total: calls.append((done, total)), is_cancelled=lambda: bool(calls))
+    assert calls == [(1, 4)] and not (tmp_path / "new").exists()
+    imgs, msks = tmp_path / "A" / "images", tmp_path / "A" / "masks"
+    imgs.mkdir(parents=True)
+    msks.mkdir(parents=True)
+    for name in ("one.png", "two.png"):
+        _write(imgs / name, np.full((3, 40, 50), 7, np.uint8))
+        _write(msks / name, np.zeros((3, 40, 50), np.uint8))
+    (tmp_path / "there").mkdir()
+    calls.clear()
+    with pytest.raises(Cancelled):
+        tile_folders([imgs], [msks], tmp_path / "there", {(0, 0, 0): 0}, TileOptions(chip=32),
+                     progress=lambda done, total: calls.append((done, total)), is_cancelled=lambda: bool(calls))
+    assert calls == [(1, 2)] and list((tmp_path / "there").iterdir()) == []

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from geoseg.demo import TRUTH
+from geoseg.errors import RasterError
 from geoseg.evaluate import confusion_matrix, evaluate_rasters, scores_from_confusion, write_scores
 
 
@@ -150,3 +151,29 @@ def test_evaluate_whole_images_with_colour_masks(tmp_path, tiny_bundle):
     assert res.exit_code == 0, res.output
     got = json.loads((tmp_path / "ev.json").read_text())
     assert np.array(got["confusion_matrix"]).tolist() == expect.tolist()
+
+
+def test_evaluate_ignore_list_by_hand(make_geotiff):
+    """Truth pixels in ``ignore`` are not counted (hand-made confusion matrix)."""
+    truth = np.array([[0, 0, 1, 1], [2, 2, 1, 0]], np.uint8)
+    pred = np.array([[0, 1, 1, 0], [1, 0, 1, 0]], np.uint8)
+    t = make_geotiff(truth, name="t.tif")
+    p = make_geotiff(pred, name="p.tif")
+    s = evaluate_rasters(p, t, [0, 1, 2], ignore=[2])
+    # counted pixels: (0,0)->0 (0,1)->1 (1,2)->1 (1,3)->0 | (r1: 1->1, 0->0); the two 2s are ignored
+    assert s.confusion.tolist() == [[2, 1, 0], [1, 2, 0], [0, 0, 0]]
+    s_all = evaluate_rasters(p, t, [0, 1, 2])
+    assert s_all.confusion[2].tolist() == [1, 1, 0]
+
+
+def test_evaluate_refuses_misaligned_truth(make_geotiff):
+    """A truth shifted by one pixel, or in another CRS, is refused, not scored."""
+    from rasterio.transform import from_origin
+    data = np.zeros((8, 8), np.uint8)
+    p = make_geotiff(data, name="p.tif")
+    shifted = make_geotiff(data, name="s.tif", transform=from_origin(500001, 4000000, 1, 1))
+    other = make_geotiff(data, name="o.tif", crs="EPSG:32632")
+    with pytest.raises(RasterError, match="transforms differ"):
+        evaluate_rasters(p, shifted, [0, 1])
+    with pytest.raises(RasterError, match="different CRSs"):
+        evaluate_rasters(p, other, [0, 1])

@@ -28,7 +28,7 @@ def test_build_unet_shapes(kw, out_ch):
 def test_sigmoid_head_gives_two_channels():
     m = build_unet(2, 3, base_filters=4, num_layers=2, head="sigmoid")
     assert m.outputs[0].shape[-1] == 1
-    f = make_forward(m, 16, 3, "sigmoid")
+    f = make_forward(m, 3, "sigmoid")
     p = f(np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32))
     assert p.shape == (2, 16, 16, 2) and np.allclose(p.sum(-1), 1.0)
 
@@ -37,7 +37,7 @@ def test_bundle_round_trip(tiny_bundle):
     lm = load_model(tiny_bundle)
     assert lm.meta == read_metadata(tiny_bundle)
     x = np.random.default_rng(1).random((1, 32, 32, 3), dtype=np.float32)
-    f = make_forward(lm.keras_model, 32, 3)
+    f = make_forward(lm.keras_model, 3)
     assert np.allclose(f(x), np.asarray(lm.keras_model(x)), atol=1e-5)
     text = format_metadata(lm.meta)
     assert "background" in text and "tile size:    32" in text
@@ -157,3 +157,17 @@ def test_bundle_holds_no_optimizer_state(tmp_path):
     assert not cfg.get("compile_config")
     lm = load_model(tmp_path / "m.geoseg")
     assert np.allclose(np.asarray(lm.keras_model(x)), np.asarray(m(x)), atol=1e-6)
+
+
+def test_tiny_bundle_fixture_is_informative(tiny_bundle, rgb_byte, tmp_path):
+    """The seeded fixture model predicts both classes on RGB.byte and is not flip-symmetric
+    (tests comparing plain and flip-TTA runs rely on it); the same in every run."""
+    outs = {}
+    for tta in ("none", "flip"):
+        predict_raster(rgb_byte, tmp_path / f"{tta}.tif", tiny_bundle, PredictOptions(tta=tta))
+        with rasterio.open(tmp_path / f"{tta}.tif") as o:
+            outs[tta] = o.read(1)
+    valid = outs["none"] != 255
+    share = (outs["none"][valid] == 1).mean()
+    assert 0.05 < share < 0.95, share
+    assert (outs["none"][valid] != outs["flip"][valid]).mean() > 0.01

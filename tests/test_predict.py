@@ -1,4 +1,5 @@
 import hashlib
+from dataclasses import replace
 import warnings
 
 import numpy as np
@@ -9,7 +10,8 @@ from rasterio.transform import from_origin
 from conftest import make_meta, threshold_forward
 from geoseg.errors import Cancelled, ConfigError, OutputExistsError, RasterError
 from geoseg.model import LoadedModel
-from geoseg.predict import PredictOptions, blend_weights, predict_raster
+from geoseg.predict import PredictOptions, predict_raster
+from geoseg.unit import blend_weights
 
 
 def run(src, dst, model, fwd, **kw):
@@ -316,7 +318,7 @@ D4 = [lambda a: a, lambda a: a[:, ::-1], lambda a: a[:, :, ::-1], lambda a: a[:,
 def test_tta_output_is_equivariant_for_any_model(mode, n_sym):
     """Averaging mapped-back views makes the output follow the image under each symmetry
     of the mode, even for a model that ignores symmetry: wrong inverses would break it."""
-    from geoseg.predict import tta_forward
+    from geoseg.unit import tta_forward
     rng = np.random.default_rng(3)
     x = rng.random((2, 24, 24, 3)).astype(np.float32)
     fwd = directional_forward()
@@ -340,7 +342,7 @@ def test_tta_output_is_equivariant_for_any_model(mode, n_sym):
 def test_tta_through_the_engine(make_geotiff, tmp_path):
     """predict --tta: every window is seen 8 times; a pointwise model gives the same
     classes; a one-window raster gives the argmax of the averaged views."""
-    from geoseg.predict import tta_forward
+    from geoseg.unit import tta_forward
     meta = make_meta(tile=32, overlap=8)
     img = smooth_image(70, 45)
     src = make_geotiff(img)
@@ -366,3 +368,179 @@ def test_tta_through_the_engine(make_geotiff, tmp_path):
     assert not (out == np.argmax(fwd(x)[0], -1)).all()
     with pytest.raises(ConfigError, match="tta must be one of"):
         PredictOptions(tta="yes")
+
+
+# ---------------------------------------------------------------- stand-ins that can see the bug
+
+def _sig(v):
+    return 1.0 / (1.0 + np.exp(-(v - 0.5) * 8.0))
+
+
+def test_confidence_is_the_winning_probability_and_nodata_255(make_geotiff, tmp_path):
+    """Oracle: numpy on the pointwise stand-in: rint(100 * max(p, 1 - p)); 255 on nodata."""
+    rng = np.random.default_rng(5)
+    data = rng.random((3, 40, 50)).astype(np.float32)
+    data[:, 5:9, 10:20] = np.nan
+    path = make_geotiff(data)
+    m = LoadedModel(make_meta(n_bands=3, tile=32, overlap=8), None)
+    predict_raster(path, tmp_path / "o.tif", m, forward=threshold_forward(), confidence_path=tmp_path / "c.tif")
+    with rasterio.open(tmp_path / "c.tif") as c:
+        conf = c.read(1)
+    p = _sig(np.nan_to_num(data[0].astype(np.float64)))
+    want = np.rint(100 * np.maximum(p, 1 - p)).astype(np.uint8)
+    want[5:9, 10:20] = 255
+    assert np.abs(conf.astype(int) - want.astype(int)).max() <= 1  # float32 vs float64 at .5
+    assert (conf[5:9, 10:20] == 255).all() and (conf != 255).sum() == 40 * 50 - 40
+
+
+def _ramp_oracle(r):
+    i = np.arange(r)
+    return np.sin(0.5 * np.pi * (i + 0.5) / r) ** 2
+
+
+def test_cosine_blending_weights_by_hand(make_geotiff, tmp_path):
+    """A stand-in whose probability is the pixel's column inside its window: the blended
+    value in an overlap is sum(w r) / sum(w), with sin² ramps written out here."""
+    from geoseg.windows import make_grid
+    h, w, tile, ov = 30, 90, 32, 12
+    path = make_geotiff(np.zeros((3, h, w), np.float32))
+
+    def position(x):
+        n, hh, ww, _ = x.shape
+        r = np.broadcast_to(np.arange(ww, dtype=np.float32) / (ww - 1), (n, hh, ww))
+        return np.stack([1 - r, r], -1)
+
+    m = LoadedModel(make_meta(n_bands=3, tile=tile, overlap=ov), None)
+    predict_raster(path, tmp_path / "o.tif", m, PredictOptions(blend="cosine", block_size=208),
+                   forward=position, confidence_path=tmp_path / "c.tif")
+    with rasterio.open(tmp_path / "c.tif") as c:
+        conf = c.read(1).astype(int)
+    acc = np.zeros((h, w))
+    wsum = np.zeros((h, w))
+    for unit in make_grid(w, h, tile, ov, 208):
+        for win in unit.windows:
+            rw = win.read
+            wr = np.ones(rw.width)
+            k = min(ov, rw.width // 2)
+            wr[:k], wr[rw.width - k:] = _ramp_oracle(k), _ramp_oracle(k)[::-1]
+            wr = np.maximum(wr, 1e-3)
+            cols = slice(rw.col, rw.col + rw.width)
+            acc[:, cols] += wr * (np.arange(rw.width) / (rw.width - 1))
+            wsum[:, cols] += wr
+    r = acc / wsum
+    want = np.rint(100 * np.maximum(r, 1 - r))
+    assert np.abs(conf - want).max() <= 1
+    # the overlaps really blend (a uniform weighting would give other values there)
+    assert len(make_grid(w, h, tile, ov, 208).units[0].windows) >= 3
+
+
+def test_model_input_is_scaled_as_the_bundle_says(make_geotiff, tmp_path):
+    """Non-trivial offset/scale/mean/std: the model receives ((DN + offset) * scale - mean) / std,
+    checked against numpy on the raw DNs (one window covers the image)."""
+    from geoseg.bundle import InputSpec
+    rng = np.random.default_rng(2)
+    dn = rng.integers(1000, 6000, (2, 32, 32)).astype(np.uint16)
+    path = make_geotiff(dn)
+    spec = InputSpec(("b1", "b2"), (-1000.0, -500.0), (1e-4, 2e-4), (0.1, 0.3), (0.05, 0.2))
+    meta = replace(make_meta(n_bands=2, tile=32, overlap=0), input=spec)
+    seen = []
+
+    def record(x):
+        seen.append(x.copy())
+        return threshold_forward()(x)
+
+    predict_raster(path, tmp_path / "o.tif", LoadedModel(meta, None), forward=record)
+    assert len(seen) == 1 and seen[0].shape == (1, 32, 32, 2)
+    for b in range(2):
+        want = ((dn[b].astype(np.float64) + spec.offset[b]) * spec.scale[b] - spec.mean[b]) / spec.std[b]
+        np.testing.assert_allclose(seen[0][0, ..., b], want, rtol=1e-5, atol=1e-5)
+
+
+def test_nodata_does_not_leak_into_valid_neighbours(make_geotiff, tmp_path):
+    """A -9999 nodata block enters the model as 0: valid pixels next to it match a run
+    where the block holds 0 and no nodata is declared (a 5x5 box-mean stand-in)."""
+    from conftest import box_forward
+    rng = np.random.default_rng(4)
+    data = rng.random((3, 60, 70)).astype(np.float32)
+    with_nd = data.copy()
+    with_nd[:, 20:35, 25:40] = -9999
+    zeros = data.copy()
+    zeros[:, 20:35, 25:40] = 0
+    m = LoadedModel(make_meta(n_bands=3, tile=32, overlap=8), None)
+    a = make_geotiff(with_nd, nodata=-9999, name="a.tif")
+    b = make_geotiff(zeros, name="b.tif")
+    predict_raster(a, tmp_path / "a_o.tif", m, forward=box_forward(threshold=0.4))
+    predict_raster(b, tmp_path / "b_o.tif", m, forward=box_forward(threshold=0.4))
+    with rasterio.open(tmp_path / "a_o.tif") as oa, rasterio.open(tmp_path / "b_o.tif") as ob:
+        ca, cb = oa.read(1), ob.read(1)
+    inside = np.zeros(ca.shape, bool)
+    inside[20:35, 25:40] = True
+    assert (ca[inside] == 255).all()
+    assert np.array_equal(ca[~inside], cb[~inside])
+    ring = np.zeros(ca.shape, bool)
+    ring[17:38, 22:43] = True
+    assert (cb[ring & ~inside] == 0).any() and (cb[ring & ~inside] == 1).any()  # the ring is informative
+
+
+def test_one_band_at_nodata_is_still_valid(make_geotiff, tmp_path, fake_model):
+    """GDAL's rule: a pixel is nodata only when all its bands are (oracle: dataset_mask)."""
+    data = np.full((3, 40, 40), 200, np.uint8)
+    data[1, 5:15, 5:15] = 0            # one band at the nodata value: valid
+    data[:, 25:30, 25:30] = 0          # all bands: nodata
+    path = make_geotiff(data, nodata=0)
+    m, fwd = fake_model
+    predict_raster(path, tmp_path / "o.tif", m, forward=fwd)
+    with rasterio.open(tmp_path / "o.tif") as o, rasterio.open(path) as src:
+        out = o.read(1)
+        mask = src.dataset_mask()
+    assert np.array_equal(out == 255, mask == 0)
+    assert (out[5:15, 5:15] != 255).all() and (out[25:30, 25:30] == 255).all()
+
+
+def test_windows_without_valid_pixels_are_not_run(make_geotiff, tmp_path, fake_model):
+    """Oracle: the windows whose core holds a valid pixel, counted from the grid and the mask."""
+    from geoseg.windows import make_grid
+    data = np.random.default_rng(0).random((3, 100, 100)).astype(np.float32)
+    data[:, :, 48:72] = np.nan          # the left cores of the second block column are all nodata
+    path = make_geotiff(data)
+    m, fwd = fake_model
+    res = predict_raster(path, tmp_path / "o.tif", m, PredictOptions(block_size=48), forward=fwd)
+    valid = ~np.isnan(data[0])
+    want = sum(bool(valid[w.core.slices()].any()) for u in make_grid(100, 100, 32, 8, 48) for w in u.windows)
+    assert res.n_windows_run == want < res.n_windows
+
+
+def test_overwrite_without_gdal_removes_the_stale_rat(make_geotiff, tmp_path, fake_model, monkeypatch):
+    """An output overwritten where no RAT can be written (no GDAL bindings) loses the old
+    .aux.xml, which would describe other data; the colour table is opaque for classes."""
+    import geoseg.output
+    path = make_geotiff(np.random.default_rng(0).random((3, 40, 40)).astype(np.float32))
+    m, fwd = fake_model
+    out = tmp_path / "o.tif"
+    predict_raster(path, out, m, forward=fwd)
+    aux = tmp_path / "o.tif.aux.xml"
+    assert aux.exists()
+    with rasterio.open(out) as o:
+        assert o.colormap(1)[1] == (255, 0, 0, 255) and o.colormap(1)[0] == (0, 0, 0, 255)
+    monkeypatch.setattr(geoseg.output, "write_rat", lambda *a, **k: False)
+    predict_raster(path, out, m, forward=fwd, overwrite=True)
+    assert not aux.exists()
+    assert (tmp_path / "o.qml").exists()
+
+
+def test_predict_areas_on_a_geographic_grid_equal_areas_of_the_written_file(make_geotiff, tmp_path, fake_model):
+    """Geodesic row areas: the counts made while writing (block by block, many block rows)
+    equal those of ``class_areas`` reading the finished file in its own strips."""
+    from rasterio.transform import from_origin
+
+    from geoseg.areas import class_areas
+    data = np.random.default_rng(9).random((3, 200, 60)).astype(np.float32)
+    path = make_geotiff(data, crs="EPSG:4326", transform=from_origin(10.0, 70.0, 0.25, 0.25))
+    m, fwd = fake_model
+    res = predict_raster(path, tmp_path / "o.tif", m, PredictOptions(block_size=48), forward=fwd,
+                         areas_path=tmp_path / "o.csv")
+    again = class_areas(tmp_path / "o.tif")
+    assert res.areas.kind == again.kind == "geodesic"
+    for cid in (0, 1):
+        assert res.areas.by_class()[cid].pixels == again.by_class()[cid].pixels
+        assert res.areas.by_class()[cid].area_m2 == pytest.approx(again.by_class()[cid].area_m2, rel=1e-12)

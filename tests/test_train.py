@@ -7,10 +7,11 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
+from geoseg.chips import MaskRule, list_chips, read_chip
 from geoseg.config import load_config
 from geoseg.dataset import TileOptions, tile_rasters
 from geoseg.demo import SCENE, TRUTH
-from geoseg.errors import ConfigError
+from geoseg.errors import Cancelled, ConfigError, OutputExistsError
 from geoseg_cli.main import cli
 
 from conftest import water_config
@@ -96,9 +97,66 @@ def test_training_with_the_keras_pipeline(chips):
     assert lm.meta.provenance["train_chips"] > 0
 
 
+CANCEL = water_config("""epochs = 3
+steps_per_epoch = 4
+batch_size = 4
+model_dir = "{run}"
+""")
+
+
+def test_cancelled_training_stops_at_a_batch_and_leaves_nothing(chips, tmp_path):
+    """progress counts batches (epochs x steps); a cancel seen after the first batch
+    stops fit there with Cancelled: no bundle, and the model_dir the run made is gone."""
+    from geoseg.train import train
+    p = tmp_path / "cancel.toml"
+    run = tmp_path / "new" / "run"
+    p.write_text(CANCEL.format(d=chips, run=run))
+    calls = []
+    with pytest.raises(Cancelled):
+        train(load_config(p), verbose=0, progress=lambda done, total: calls.append((done, total)),
+              is_cancelled=lambda: bool(calls))
+    assert calls == [(1, 12)]
+    assert not (tmp_path / "new").exists()  # the folders it made (mkdir -p) are gone
+    # a model_dir that was there stays (with what it held), still without a bundle
+    run.mkdir(parents=True)
+    (run / "notes.txt").write_text("x")
+    with pytest.raises(Cancelled):
+        train(load_config(p), verbose=0, is_cancelled=lambda: True)
+    assert sorted(q.name for q in run.iterdir()) == ["notes.txt"]  # cancelled before it started
+    (run / "model.geoseg").write_text("an earlier model")
+    with pytest.raises(OutputExistsError, match="model exists") as e:
+        train(load_config(p), verbose=0)
+    assert e.value.option == "overwrite" and "--" not in str(e.value)
+
+
+def test_chip_statistics_are_numpys_mean_and_std(tmp_path, make_geotiff):
+    """Per-band mean and std over all the chips' pixels, after offset and scale, as numpy
+    computes them over the stacked chips (audit F17: a std without the mean subtracted,
+    or per-chip stds averaged, fail here: band means are far from 0 and differ by chip)."""
+    from geoseg.loader import chip_statistics
+    rng = np.random.default_rng(7)
+    (tmp_path / "i").mkdir()
+    (tmp_path / "m").mkdir()
+    xs, ys, pairs = [], [], []
+    for k in range(5):
+        x = rng.normal(3000 + 700 * k, 300, (2, 16, 12)) + np.array([0, 9000])[:, None, None]
+        x = x.astype(np.uint16)
+        y = rng.integers(0, 3, (16, 12)).astype(np.uint8)
+        y[0, :5] = 255
+        xs.append(x)
+        ys.append(y)
+        pairs.append((str(make_geotiff(x, name=f"i/{k}.tif")), str(make_geotiff(y, name=f"m/{k}.tif"))))
+    st = chip_statistics(pairs, MaskRule.indexes(), 255, 3, scale=1e-4, offset=10.0)
+    ref = (np.stack(xs).astype(np.float64) + 10.0) * 1e-4
+    np.testing.assert_allclose(st.mean, ref.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(st.std, ref.std(axis=(0, 2, 3)), rtol=1e-9)
+    assert st.class_pixels.tolist() == [int((np.stack(ys) == c).sum()) for c in range(3)]
+    assert (st.n_bands, st.dtype) == (2, "uint16")
+
+
 def test_confusion_metric_matches_numpy():
     from geoseg.evaluate import confusion_matrix
-    from geoseg.train import make_confusion_metric
+    from geoseg.losses import make_confusion_metric
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, (2, 8, 8)).astype(np.int32)
     y[0, 0, :4] = 255
@@ -113,7 +171,7 @@ def test_confusion_metric_matches_numpy():
 
 
 def test_losses_ignore_pixels_and_match_hand_values():
-    from geoseg.train import make_loss
+    from geoseg.losses import make_loss
     y = np.array([[[0, 1], [255, 1]]], np.int32)
     p = np.array([[[[0.8, 0.2], [0.4, 0.6]], [[0.5, 0.5], [0.1, 0.9]]]], np.float32)
     ce = float(make_loss("categorical_crossentropy", 2, 255)(y, p))
@@ -148,7 +206,6 @@ def test_bad_training_configs(chips, edit, match):
 def test_evaluate_test_chips_equals_manual(chips):
     from geoseg.evaluate import confusion_matrix, evaluate_chips
     from geoseg.model import load_model
-    from geoseg.train import list_chips
     bundle = chips / "model" / "model.geoseg"
     if not bundle.exists():
         pytest.skip("needs the bundle of test_tiny_training_run_gives_a_bundle_predict_loads")
@@ -167,11 +224,10 @@ def test_evaluate_test_chips_equals_manual(chips):
 
 
 def test_binarized_grey_masks(tmp_path, make_geotiff):
-    from geoseg.train import _read_chip
     img = make_geotiff(np.ones((3, 4, 4), np.uint8), name="i.tif")
     grey = np.array([[0, 127, 128, 255]] * 4, np.uint8)
     msk = make_geotiff(grey, name="m.tif")
-    _, y = _read_chip(str(img), str(msk), ("binarize", 128, False), 255)
+    _, y = read_chip(str(img), str(msk), MaskRule.binarize(128, False), 255)
     assert y.tolist()[0] == [0, 0, 1, 1]
 
 
@@ -192,17 +248,15 @@ def test_keys_geoseg_cannot_honour_are_refused(tmp_path, text, match):
 
 
 def test_colour_masks_read_through_the_rgb_map(tmp_path, make_geotiff):
-    from geoseg.dataset import colour_map_lut
-    from geoseg.train import _read_chip
     img = make_geotiff(np.ones((3, 2, 2), np.uint8), name="i.tif")
     rgb = np.zeros((3, 2, 2), np.uint8)
     rgb[:, 0, 0] = (226, 169, 41)
     msk = make_geotiff(rgb, name="m.tif")
-    lut = colour_map_lut({(0, 0, 0): 0, (226, 169, 41): 4})
-    _, y = _read_chip(str(img), str(msk), lut, 255)
+    rule = MaskRule.colours({(0, 0, 0): 0, (226, 169, 41): 4})
+    _, y = read_chip(str(img), str(msk), rule, 255)
     assert y.tolist() == [[4, 0], [0, 0]]
     cls = make_geotiff(np.array([[1, 2], [3, 255]], np.uint8), name="c.tif")
-    _, y = _read_chip(str(img), str(cls), lut, 255)  # class-index masks (geoseg tile) pass through
+    _, y = read_chip(str(img), str(cls), rule, 255)  # class-index masks (geoseg tile) pass through
     assert y.tolist() == [[1, 2], [3, 255]]
 
 
@@ -210,21 +264,23 @@ def test_interrupted_training_resumes_where_it_stopped(chips, monkeypatch):
     """A run killed after epoch 1 of 3 resumes at epoch 2 from model_dir/backup:
     one history row per epoch, no epoch run twice, and the bundle is written."""
     import geoseg.train as tr
+    from geoseg.model import keras_module
     text = CONFIG.format(d=chips).replace("/model", "/model_resume").replace("epochs = 2", "epochs = 3")
     text = text.replace("epoch_change_infer = true", "epoch_change_infer = false")
     text = text.replace('images_dir = "', 'images_dir = "" #')
     p = chips / "resume.toml"
     p.write_text(text)
-    real = tr._CurvesCallback
+    real = tr.curves_callback
+    keras = keras_module()
 
-    def crashing(keras, path, csv_path=None):
+    def crashing(path, csv_path=None):
         class Crash(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 if epoch == 0:
                     raise RuntimeError("simulated crash")
         return Crash()
 
-    monkeypatch.setattr(tr, "_CurvesCallback", crashing)
+    monkeypatch.setattr(tr, "curves_callback", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         tr.train(load_config(p), verbose=0)
     model_dir = chips / "model_resume"
@@ -233,8 +289,8 @@ def test_interrupted_training_resumes_where_it_stopped(chips, monkeypatch):
 
     seen = []
 
-    def recording(keras, path, csv_path=None):
-        cb = real(keras, path, csv_path)
+    def recording(path, csv_path=None):
+        cb = real(path, csv_path)
         orig = cb.on_epoch_end
 
         def on_epoch_end(epoch, logs=None):
@@ -243,7 +299,7 @@ def test_interrupted_training_resumes_where_it_stopped(chips, monkeypatch):
         cb.on_epoch_end = on_epoch_end
         return cb
 
-    monkeypatch.setattr(tr, "_CurvesCallback", recording)
+    monkeypatch.setattr(tr, "curves_callback", recording)
     res = tr.train(load_config(p), verbose=0)
     assert seen == [1, 2]  # epochs 2 and 3 only
     rows = (model_dir / "history.csv").read_text().splitlines()
@@ -262,8 +318,8 @@ def test_augmentation_moves_image_and_mask_together(tmp_path, make_geotiff, hw, 
     Both input pipelines (tf.data, and Keras' PyDataset for backends without TensorFlow)."""
     if pipeline == "tf.data":
         pytest.importorskip("tensorflow")
+    from geoseg.loader import iter_batches, make_dataset
     from geoseg.model import keras_module
-    from geoseg.train import _batches, make_dataset
     keras_module()
     h, w = hw
     mask = np.random.default_rng(3).integers(0, 4, (h, w)).astype(np.uint8)  # no symmetry
@@ -274,12 +330,12 @@ def test_augmentation_moves_image_and_mask_together(tmp_path, make_geotiff, hw, 
         pairs.append((str(make_geotiff(np.stack([mask * 50 + 10, mask * 20]).astype(np.uint16), name=f"i/{k}.tif")),
                       str(make_geotiff(mask, name=f"m/{k}.tif"))))
     gain, bias = np.array([0.02, 0.05], np.float32), np.array([-1.0, 0.0], np.float32)
-    ds = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=4, shuffle=True,
+    ds = make_dataset(pairs, ignore=255, gain=gain, bias=bias, batch_size=4, shuffle=True,
                       augment=True, seed=0, chip_hw=hw, pipeline=pipeline)
     views = {np.rot90(mask, k).tobytes() for k in range(4)} | {np.rot90(mask.T, k).tobytes() for k in range(4)}
     seen = set()
     for _ in range(8):
-        for x, y in _batches(ds):
+        for x, y in iter_batches(ds):
             x, y = np.asarray(x), np.asarray(y)
             assert x.shape == (4, h, w, 2) and y.shape == (4, h, w) and y.dtype == np.int32
             for xi, yi in zip(x, y):
@@ -292,9 +348,9 @@ def test_augmentation_moves_image_and_mask_together(tmp_path, make_geotiff, hw, 
                     np.testing.assert_allclose(xi[..., band], a * base + c, atol=1e-4)
     assert len(seen) == (8 if h == w else 4)  # every rotation/flip turns up
     # no augmentation: the chips come back as they are, normalised
-    ds = make_dataset(pairs, lut=None, ignore=255, gain=gain, bias=bias, batch_size=3, shuffle=False,
+    ds = make_dataset(pairs, ignore=255, gain=gain, bias=bias, batch_size=3, shuffle=False,
                       augment=False, seed=0, chip_hw=hw, pipeline=pipeline)
-    batches = list(_batches(ds))
+    batches = list(iter_batches(ds))
     assert [len(b[1]) for b in batches] == [3, 1]
     np.testing.assert_array_equal(np.asarray(batches[0][1][0]), mask)
     np.testing.assert_allclose(np.asarray(batches[0][0][0])[..., 0], (mask * 50 + 10) * 0.02 - 1.0, atol=1e-5)
@@ -304,8 +360,8 @@ def test_keras_pipeline_stream_passes_and_determinism(tmp_path, make_geotiff):
     """The PyDataset pipeline's endless stream: each pass through the chips is a
     permutation (every chip once, batches straddle passes), each pass another order,
     and the same seed gives the same batches (augmentation included) in any order."""
+    from geoseg.loader import make_dataset
     from geoseg.model import keras_module
-    from geoseg.train import make_dataset
     keras_module()
     (tmp_path / "i").mkdir()
     (tmp_path / "m").mkdir()
@@ -313,7 +369,7 @@ def test_keras_pipeline_stream_passes_and_determinism(tmp_path, make_geotiff):
     for k in range(7):
         img = np.full((1, 8, 8), k, np.uint8)
         pairs.append((str(make_geotiff(img, name=f"i/{k}.tif")), str(make_geotiff(img[0], name=f"m/{k}.tif"))))
-    kw = dict(lut=None, ignore=255, gain=np.array([1.0], np.float32), bias=np.array([0.0], np.float32),
+    kw = dict(rule=MaskRule.indexes(), ignore=255, gain=np.array([1.0], np.float32), bias=np.array([0.0], np.float32),
               batch_size=3, shuffle=True, seed=5, chip_hw=(8, 8), endless=True, pipeline="keras")
     ds = make_dataset(pairs, augment=False, **kw)
     assert ds.num_batches is None
@@ -337,7 +393,7 @@ def test_training_starts_from_a_trained_model(chips, tmp_path):
 
     from geoseg.bundle import InputSpec
     from geoseg.model import build_unet, load_model, save_model
-    from geoseg.train import _copy_weights, _init_source
+    from geoseg.train import copy_weights, load_init_weights
     from tests.conftest import make_meta
 
     src = build_unet(2, 6, base_filters=4, num_layers=3, batch_norm=False)  # no moving statistics
@@ -348,15 +404,15 @@ def test_training_starts_from_a_trained_model(chips, tmp_path):
     save_model(bundle, src, meta)
 
     net = build_unet(3, 6, base_filters=4, num_layers=3, batch_norm=False)  # other class count: new head
-    _copy_weights(_init_source(str(bundle)), net, "start.geoseg")
+    copy_weights(load_init_weights(str(bundle)), net, "start.geoseg")
     for a, b in zip(src.layers[:-1], net.layers[:-1]):
         for wa, wb in zip(a.get_weights(), b.get_weights()):
             np.testing.assert_array_equal(wa, wb)
     with pytest.raises(ConfigError, match="not the same architecture"):
-        _copy_weights(_init_source(str(bundle)), build_unet(2, 6, base_filters=8, num_layers=3, batch_norm=False),
+        copy_weights(load_init_weights(str(bundle)), build_unet(2, 6, base_filters=8, num_layers=3, batch_norm=False),
                       "start.geoseg")
     with pytest.raises(ConfigError, match="model.init_weights: file not found"):
-        _init_source(str(tmp_path / "missing.geoseg"))
+        load_init_weights(str(tmp_path / "missing.geoseg"))
 
     text = CONFIG.format(d=chips).replace('model_dir = "{d}/model"'.format(d=chips), f'model_dir = "{tmp_path}/ft"')
     text = text.replace("learning_rate = 0.003", f'learning_rate = 1e-9\nbatch_norm = false\ninit_weights = "{bundle}"')

@@ -1,0 +1,353 @@
+"""Writing: output paths, atomic commits, GeoTIFF profiles, class styling, and the sink.
+
+* :func:`check_output_path` refuses outputs that would clobber an input or an
+  existing file (unless overwriting was asked for), or that cannot be written.
+* :class:`AtomicOutput`: a temporary file beside the target, renamed onto it at the
+  end; a failure or a cancellation leaves the target as it was.
+* :data:`PROFILES`: GDAL creation options, defined once (class rasters, COGs, chips).
+* :func:`style_class_raster`: colour table, class-name tags, a GDAL raster attribute
+  table (``.aux.xml``) and a QGIS ``.qml`` style.
+* :class:`ClassRasterWriter`: the sink every executor writes through. It takes
+  finished blocks in plan order and owns block writes, area counting, tags, colour
+  table, RAT and ``.qml``, COG conversion and the atomic commit — so a local run, a
+  Dask run or the xarray writer produce the same bytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .areas import AreaAccumulator, AreaTable, PixelAreas, make_table
+from .bundle import ClassInfo
+from .errors import OutputExistsError, RasterError
+from .sources import CLASSES_TAG
+
+__all__ = ["CLASS_NODATA", "CLASSES_TAG", "PROFILES", "check_output_path", "AtomicOutput", "class_profile",
+           "colormap", "tag_class_dataset", "style_class_raster", "write_rat", "write_qml", "to_cog",
+           "ClassRasterWriter"]
+
+#: Class value of pixels without a class (input nodata, masked, outside the data).
+CLASS_NODATA = 255
+
+#: GDAL creation options by use; :func:`profile` returns a copy.
+PROFILES: dict[str, dict[str, Any]] = {
+    "class": {"driver": "GTiff", "tiled": True, "compress": "deflate", "interleave": "band"},
+    "cog": {"driver": "COG", "COMPRESS": "DEFLATE", "BLOCKSIZE": 512, "OVERVIEW_RESAMPLING": "NEAREST",
+            "NUM_THREADS": "ALL_CPUS"},
+    "chip": {"driver": "GTiff", "compress": "deflate"},
+}
+
+
+def profile(name: str) -> dict[str, Any]:
+    """A copy of the creation options :data:`PROFILES` holds for ``name``."""
+    return copy.deepcopy(PROFILES[name])
+
+
+def check_output_path(dst: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (),
+                      overwrite: bool = False, what: str = "output") -> Path:
+    """Refuse outputs that would clobber an input, an existing file (without
+    ``overwrite``) or that cannot be written. Returns the absolute path."""
+    d = Path(dst).expanduser().absolute()
+    for i in inputs:
+        if not isinstance(i, (str, os.PathLike)):
+            continue
+        ip = Path(i).expanduser().absolute()
+        same = ip == d
+        if not same and ip.exists() and d.exists():
+            same = os.path.samefile(ip, d)
+        if same:
+            raise RasterError(f"{what} {d} is the same file as the input; choose another path")
+    if d.is_dir():
+        raise RasterError(f"{what} {d} is a directory; give a file name")
+    if not d.parent.is_dir():
+        raise RasterError(f"{what} directory does not exist: {d.parent}")
+    if not os.access(d.parent, os.W_OK | os.X_OK):
+        raise RasterError(f"{what} directory is not writable: {d.parent}")
+    if d.exists() and not overwrite:
+        raise OutputExistsError(f"{what} exists: {d}", option="overwrite")
+    return d
+
+
+class AtomicOutput:
+    """A temporary path beside ``target``, renamed onto it by :meth:`commit`.
+
+    GDAL side-car files (``.aux.xml``) and a ``.qml`` style follow the main file.
+    :meth:`discard` removes everything, so a failed or cancelled run never leaves a
+    half-written file at the target path.
+    """
+
+    SIDECARS = (".aux.xml", ".qml")
+
+    def __init__(self, target: str | os.PathLike):
+        self.target = Path(target)
+        tag = uuid.uuid4().hex[:8]
+        self.tmp = self.target.with_name(f".{self.target.stem}.geoseg-tmp-{tag}{self.target.suffix}")
+        self.extra: list[Path] = []
+
+    def scratch(self, suffix: str) -> Path:
+        """Another temporary file beside the target (removed by commit/discard)."""
+        p = self.tmp.with_name(self.tmp.stem + f"-{len(self.extra)}{suffix}")
+        self.extra.append(p)
+        return p
+
+    @staticmethod
+    def _sidecar(base: Path, ext: str) -> Path:
+        return base.with_name(base.name + ext) if ext == ".aux.xml" else base.with_suffix(ext)
+
+    def commit(self) -> Path:
+        for ext in self.SIDECARS:
+            s = self._sidecar(self.tmp, ext)
+            t = self._sidecar(self.target, ext)
+            if s.exists():
+                os.replace(s, t)
+            elif t.exists() and ext == ".aux.xml":
+                t.unlink()  # a stale side-car of an overwritten output would describe old data
+        os.replace(self.tmp, self.target)
+        self._cleanup_extra()
+        return self.target
+
+    def discard(self) -> None:
+        for p in [self.tmp] + [self._sidecar(self.tmp, e) for e in self.SIDECARS]:
+            p.unlink(missing_ok=True)
+        self._cleanup_extra()
+
+    def _cleanup_extra(self) -> None:
+        for p in self.extra:
+            for q in (p, p.with_name(p.name + ".aux.xml")):
+                q.unlink(missing_ok=True)
+
+
+def class_profile(width: int, height: int, crs, transform, block: int) -> dict:
+    """Profile of a uint8 class GeoTIFF (tiled, deflate, nodata 255)."""
+    prof = profile("class")
+    prof.update(dtype="uint8", count=1, width=width, height=height, crs=crs, transform=transform,
+                nodata=CLASS_NODATA, blockxsize=block, blockysize=block)
+    if block > max(width, height) and max(width, height) < 16:
+        prof["blockxsize"] = prof["blockysize"] = 16
+    return prof
+
+
+def colormap(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table 0..max class id (ids without a class are transparent)."""
+    cmap = {i: (0, 0, 0, 0) for i in range(max(c.id for c in classes) + 1)}
+    for c in classes:
+        cmap[c.id] = (*c.rgb, 255)
+    return cmap
+
+
+def tag_class_dataset(dst, classes: Sequence[ClassInfo], extra_tags: dict | None = None) -> None:
+    """Colour table, class-name tag and band description on an open dataset."""
+    tags = {CLASSES_TAG: json.dumps([{"id": c.id, "name": c.name, "color": c.color} for c in classes])}
+    tags.update(extra_tags or {})
+    dst.write_colormap(1, colormap(classes))
+    dst.update_tags(**tags)
+    dst.set_band_description(1, "class")
+
+
+def style_class_raster(path: str | os.PathLike, classes: Sequence[ClassInfo], extra_tags: dict | None = None,
+                       qml_path: str | os.PathLike | None = None, tag: bool = True) -> None:
+    """Colour table and class-name tags (unless ``tag=False``: already done while
+    writing), a GDAL raster attribute table (``.aux.xml``, written by GDAL itself when
+    its Python bindings are available) and a QGIS ``.qml`` style."""
+    if tag:
+        import rasterio  # noqa: PLC0415
+        with rasterio.Env(), rasterio.open(path, "r+") as dst:
+            tag_class_dataset(dst, classes, extra_tags)
+    write_rat(path, classes)
+    write_qml(qml_path or Path(path).with_suffix(".qml"), classes)
+
+
+def write_rat(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> bool:
+    """Attach a raster attribute table (Value, Class, Red, Green, Blue) through GDAL."""
+    try:
+        from osgeo import gdal  # noqa: PLC0415
+    except ImportError:
+        return False
+    gdal.UseExceptions()
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    ds = gdal.Open(str(path), gdal.GA_Update)
+    try:
+        band = ds.GetRasterBand(1)
+        rat = gdal.RasterAttributeTable()
+        rat.CreateColumn("Value", gdal.GFT_Integer, gdal.GFU_MinMax)
+        rat.CreateColumn("Class", gdal.GFT_String, gdal.GFU_Name)
+        for name, usage in (("Red", gdal.GFU_Red), ("Green", gdal.GFU_Green), ("Blue", gdal.GFU_Blue)):
+            rat.CreateColumn(name, gdal.GFT_Integer, usage)
+        for row, c in enumerate(sorted(classes, key=lambda c: c.id)):
+            rat.SetValueAsInt(row, 0, c.id)
+            rat.SetValueAsString(row, 1, c.name)
+            for j, v in enumerate(c.rgb):
+                rat.SetValueAsInt(row, 2 + j, int(v))
+        band.SetDefaultRAT(rat)
+        band.FlushCache()
+    finally:
+        ds = None  # noqa: F841  (closing writes the .aux.xml)
+        gdal.PopErrorHandler()
+    return True
+
+
+def write_qml(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> None:
+    """A QGIS layer style (paletted renderer with class names) that QGIS loads
+    automatically for a raster of the same base name."""
+    root = ET.Element("qgis", version="3.22", styleCategories="AllStyleCategories")
+    pipe = ET.SubElement(root, "pipe")
+    rr = ET.SubElement(pipe, "rasterrenderer", type="paletted", band="1", opacity="1",
+                       alphaBand="-1", nodataColor="")
+    ET.SubElement(rr, "rasterTransparency")
+    pal = ET.SubElement(rr, "colorPalette")
+    for c in sorted(classes, key=lambda c: c.id):
+        ET.SubElement(pal, "paletteEntry", value=str(c.id), color=c.color.lower(), label=c.name, alpha="255")
+    ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0")
+    ET.SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", colorizeOn="0")
+    ET.indent(root)
+    body = ET.tostring(root, encoding="unicode")
+    Path(path).write_text("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + body + "\n")
+
+
+def to_cog(out: AtomicOutput) -> None:
+    """Rewrite a finished GeoTIFF as a Cloud-Optimised GeoTIFF (same temporary path)."""
+    from rasterio.shutil import copy as rio_copy  # noqa: PLC0415
+    tmp2 = out.scratch(".tif")
+    rio_copy(out.tmp, tmp2, **profile("cog"))
+    os.replace(tmp2, out.tmp)
+
+
+class ClassRasterWriter:
+    """The sink for class rasters: blocks in, a styled, atomically committed GeoTIFF out.
+
+    Usage (every executor)::
+
+        with ClassRasterWriter(dst, grid=..., ...) as w:   # discards on error
+            for res in results_in_plan_order:
+                w.write(res)
+            w.finish()              # tags, RAT, .qml, COG; areas in w.table
+            w.commit()              # every output renamed into place
+
+    Args:
+        target: the class GeoTIFF to write (already checked by :func:`check_output_path`).
+        width, height, crs, transform, block: the output grid and internal tile size.
+        classes: the model's classes (colours, names).
+        pixel_areas: pixel areas of the grid (:func:`geoseg.areas.pixel_areas`).
+        confidence_target: also write the winning probability (uint8 %, nodata 255).
+        tags: extra GeoTIFF tags (model, tiling, blending).
+        cog: convert the finished files to COGs.
+    """
+
+    def __init__(self, target: str | os.PathLike, *, width: int, height: int, crs, transform, block: int,
+                 classes: Sequence[ClassInfo], pixel_areas: PixelAreas,
+                 confidence_target: str | os.PathLike | None = None, tags: dict[str, str] | None = None,
+                 cog: bool = False):
+        import rasterio  # noqa: PLC0415
+        self.classes = tuple(classes)
+        self.tags = dict(tags or {})
+        self.cog = cog
+        self.main = AtomicOutput(target)
+        self.conf = AtomicOutput(confidence_target) if confidence_target is not None else None
+        self.acc = AreaAccumulator(pixel_areas, CLASS_NODATA)
+        self.georeferenced = crs is not None
+        self._extra: list[tuple[Path, Path]] = []
+        self._next = 0
+        self._finished = False
+        prof = class_profile(width, height, crs, transform, block)
+        # GDAL's error handlers are per thread: an Env in the writing thread routes its
+        # messages to logging. GDAL compresses blocks on its own threads.
+        self._env = rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS")
+        self._env.__enter__()
+        self._dst = self._cdst = None
+        try:
+            self._dst = rasterio.open(self.main.tmp, "w", **prof)
+            if self.conf is not None:
+                self._cdst = rasterio.open(self.conf.tmp, "w", **prof)
+        except BaseException:
+            self.discard()
+            raise
+
+    @property
+    def outputs(self) -> list[AtomicOutput]:
+        return [o for o in (self.main, self.conf) if o is not None]
+
+    def write(self, res) -> None:
+        """Write one unit's block (a :class:`geoseg.unit.UnitResult`), in plan order."""
+        if res.unit.index != self._next:
+            raise RuntimeError(f"blocks out of order: got unit {res.unit.index}, expected {self._next}")
+        from .sources import to_window  # noqa: PLC0415
+        win = to_window(res.unit.region)
+        self._dst.write(res.classes, 1, window=win)
+        if self._cdst is not None:
+            self._cdst.write(res.confidence, 1, window=win)
+        self.acc.add(res.classes, res.unit.region.row)
+        self._next += 1
+
+    def table(self, class_names: dict[int, str] | None = None) -> AreaTable:
+        """The area table of what was written (by class id; names from the classes)."""
+        names = class_names if class_names is not None else {c.id: c.name for c in self.classes}
+        table = make_table(self.acc, names)
+        if not self.georeferenced:
+            table.notes.append("no CRS: areas in pixels")
+        return table
+
+    @property
+    def counts(self) -> dict[int, int]:
+        return dict(self.acc.counts.get(None, {}))
+
+    def finish(self) -> None:
+        """Tags and colour table, close, RAT and ``.qml``, COG conversion (not committed yet)."""
+        tag_class_dataset(self._dst, self.classes, self.tags)
+        if self._cdst is not None:
+            self._cdst.set_band_description(1, "confidence (%)")
+            self._cdst.update_tags(UNITS="percent", **{k: v for k, v in self.tags.items() if k == "GEOSEG_MODEL"})
+        self._close()
+        # RAT (.aux.xml) and .qml before a COG copy: the colour table and tags travel
+        # inside the file, the side-cars stay beside the temporary path.
+        style_class_raster(self.main.tmp, self.classes, qml_path=self.main.tmp.with_suffix(".qml"), tag=False)
+        if self.cog:
+            for o in self.outputs:
+                to_cog(o)
+        self._finished = True
+
+    def scratch(self, target: str | os.PathLike, suffix: str) -> Path:
+        """A temporary path for a side output (CSV, preview) renamed to ``target`` at commit."""
+        p = self.main.scratch(suffix)
+        self._extra.append((p, Path(target)))
+        return p
+
+    def commit(self) -> Path:
+        """Move every finished output into place (side outputs, confidence, class raster)."""
+        if not self._finished:
+            raise RuntimeError("commit before finish")
+        for tmp, target in self._extra:
+            os.replace(tmp, target)
+            self.main.extra.remove(tmp)
+        if self.conf is not None:
+            self.conf.commit()
+        return self.main.commit()
+
+    def _close(self) -> None:
+        for d in (self._dst, self._cdst):
+            if d is not None:
+                d.close()
+        self._dst = self._cdst = None
+        if self._env is not None:
+            self._env.__exit__(None, None, None)
+            self._env = None
+
+    def discard(self) -> None:
+        """Remove every temporary file: the targets stay as they were."""
+        self._close()
+        for o in self.outputs:
+            o.discard()
+
+    def __enter__(self) -> "ClassRasterWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()

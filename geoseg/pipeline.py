@@ -1,0 +1,168 @@
+"""The local executor: the plan's schedule with reading and writing overlapped.
+
+::
+
+    reader thread ──> (calling thread) Batcher + forward ──> writer thread ──> sink
+       read_unit         batches as the plan fixes them         sink.write(UnitResult)
+                                                                 in plan order
+
+A reader thread reads units ahead, the calling thread batches windows exactly as
+:class:`geoseg.unit.Batcher` says (so the output does not depend on ``prefetch`` or
+timing) and runs the compiled model, and a writer thread hands finished blocks to
+the sink in plan order. Memory depends on the window/block sizes and queue depth,
+never on the scene size. Progress and cancellation are reported and checked from
+the calling thread only.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import rasterio
+
+from .progress import Reporter
+from .sources import open_source
+from .unit import Batcher, Forward, Plan, UnitResult, read_unit
+
+__all__ = ["run_plan", "RunStats", "GDAL_CACHE_MB", "gdal_env"]
+
+#: GDAL block cache during a run (MB), unless GDAL_CACHEMAX is set in the environment.
+#: GDAL's default (5 % of RAM) would let the cache, and so memory, grow with the scene.
+GDAL_CACHE_MB = 96
+
+
+def gdal_env(**extra) -> rasterio.Env:
+    """A rasterio Env for a reading thread: GDAL messages to logging, a bounded cache."""
+    opts = dict(extra)
+    if "GDAL_CACHEMAX" not in os.environ:
+        opts["GDAL_CACHEMAX"] = GDAL_CACHE_MB
+    return rasterio.Env(**opts)
+
+
+@dataclass
+class RunStats:
+    model_seconds: float = 0.0
+    windows_run: int = 0
+    input_pixels: int = 0      # pixels the network looked at (sum of the run windows)
+    batches: int = 0
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_plan(plan: Plan, forward: Forward, write: Callable[[UnitResult], None], reporter: Reporter,
+             prefetch: int = 3) -> RunStats:
+    """Run every task of ``plan`` and pass each finished block to ``write`` in plan order.
+
+    ``write`` runs on the writer thread; an exception in any thread stops the run and
+    is raised here; ``reporter`` counts written blocks and may cancel the run."""
+    tasks = plan.tasks()
+    in_q: queue.Queue = queue.Queue(maxsize=prefetch)
+    out_q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    stats = RunStats()
+    end_of_task = object()
+
+    def put(q: queue.Queue, item) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stop
+
+    def reader() -> None:
+        try:
+            # GDAL error handlers are per thread: this thread's Env routes its warnings
+            # to logging; the source is opened here, in the thread that reads it.
+            with gdal_env(), open_source(plan.source) as src:
+                for task in tasks:
+                    for u in task:
+                        if stop.is_set():
+                            return
+                        put(in_q, read_unit(src, u, plan))
+                    put(in_q, end_of_task)
+            put(in_q, None)
+        except _Stop:
+            pass
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(e)
+            stop.set()
+
+    def writer() -> None:
+        try:
+            while True:
+                try:
+                    item = out_q.get(timeout=0.1)
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+                    continue
+                if item is None:
+                    return
+                write(item)
+                reporter.advance()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+            stop.set()
+
+    def run(batch) -> None:
+        t0 = time.perf_counter()
+        n, px = Batcher.run(batch, forward)
+        stats.model_seconds += time.perf_counter() - t0
+        stats.batches += 1
+        stats.windows_run += n
+        stats.input_pixels += px
+
+    rt = threading.Thread(target=reader, name="geoseg-reader", daemon=True)
+    wt = threading.Thread(target=writer, name="geoseg-writer", daemon=True)
+    rt.start()
+    wt.start()
+    batcher = Batcher(plan.batch_size)
+    try:
+        while True:
+            reporter.check()
+            reporter.report()
+            if errors:
+                break
+            try:
+                item = in_q.get(timeout=0.1)
+            except queue.Empty:
+                if not rt.is_alive() and in_q.empty():
+                    break
+                continue
+            if item is None:
+                break
+            batches = batcher.end_task() if item is end_of_task else batcher.add(item)
+            for batch in batches:
+                run(batch)
+            for res in batcher.done(plan):
+                put(out_q, res)
+        if not errors:
+            put(out_q, None)
+            while wt.is_alive() and not errors:
+                wt.join(0.1)
+                reporter.check()
+                reporter.report()
+    except _Stop:
+        pass  # the writer or reader failed: its error is raised below
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        if errors or wt.is_alive():
+            stop.set()
+        rt.join(30)
+        wt.join(30)
+    if errors:
+        raise errors[0]
+    reporter.report()
+    return stats

@@ -1,0 +1,399 @@
+"""The unit of work: read a block's windows, normalise, run the model, merge.
+
+::
+
+    unit (= one output block) ──> read_unit: one padded, masked read of its windows,
+        normalised ((DN + offset) * scale - mean) / std, all-nodata windows skipped
+        ──> forward (batched by the schedule below, test-time augmentation inside)
+        ──> merge_unit: centre crop | cosine blending ──> class block (+ confidence)
+
+* :func:`make_plan` fixes everything a run needs (bands, grid, scaling, schedule)
+  from a source, the bundle's metadata and the options. A :class:`Plan` is pure,
+  picklable data: any executor (the local pipeline, a Dask worker) can follow it.
+* **The schedule is a pure function of the plan**: windows are batched in plan
+  order, one batch per ``batch_size`` windows of one shape, and batches never cross
+  a task (a row of output blocks; :meth:`Plan.tasks`). So which windows share a
+  batch depends neither on prefetch depth nor on thread timing, and every executor
+  that follows the plan writes the same bytes.
+* :func:`process_task` runs one task start to end (the unit of work of other
+  executors); the local pipeline (:mod:`geoseg.pipeline`) runs the same schedule
+  with reading and writing overlapped.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from .bundle import InputSpec, ModelMeta
+from .errors import ConfigError, PixelSizeWarning
+from .output import CLASS_NODATA
+from .sources import Source, open_source, read_rect, resolve_bands
+from .windows import Grid, Unit, make_grid, validate_tiling
+
+__all__ = ["Forward", "BLENDS", "TTA_VIEWS", "PredictOptions", "Plan", "make_plan", "input_gain_bias",
+           "UnitInput", "UnitResult", "read_unit", "blend_weights", "merge_unit", "tta_forward", "Batcher",
+           "process_task"]
+
+#: ``(N, h, w, bands) float32 -> (N, h, w, K)`` class probabilities.
+Forward = Callable[[np.ndarray], np.ndarray]
+
+#: How overlapping windows are merged: keep each window's centre, or average the
+#: probabilities with smooth (sin²) weights.
+BLENDS = ("crop", "cosine")
+
+#: Test-time augmentation: the views of each window the model sees, as
+#: (flip rows, flip columns, swap rows and columns). "flip": the four flips (the
+#: identity, left-right, up-down, 180° rotation); "d4": the eight symmetries of the
+#: square (the flips and their transposes: 90° rotations and diagonal mirrors).
+TTA_VIEWS: dict[str, tuple[tuple[bool, bool, bool], ...]] = {
+    "none": ((False, False, False),),
+    "flip": ((False, False, False), (False, True, False), (True, False, False), (True, True, False)),
+    "d4": tuple((fr, fc, t) for t in (False, True) for fr in (False, True) for fc in (False, True)),
+}
+
+
+def _view(x: np.ndarray, flip_rows: bool, flip_cols: bool, transpose: bool) -> np.ndarray:
+    """One view of a batch (N, H, W, C): flip, then swap H and W."""
+    if flip_rows:
+        x = x[:, ::-1]
+    if flip_cols:
+        x = x[:, :, ::-1]
+    if transpose:
+        x = x.transpose(0, 2, 1, 3)
+    return x
+
+
+def _unview(y: np.ndarray, flip_rows: bool, flip_cols: bool, transpose: bool) -> np.ndarray:
+    """The inverse of :func:`_view`: swap back, then undo the flips."""
+    if transpose:
+        y = y.transpose(0, 2, 1, 3)
+    if flip_cols:
+        y = y[:, :, ::-1]
+    if flip_rows:
+        y = y[:, ::-1]
+    return y
+
+
+def tta_forward(forward: Forward, mode: str = "d4") -> Forward:
+    """``forward`` with test-time augmentation: the class probabilities of the views
+    of each window (see :data:`TTA_VIEWS`), each mapped back onto the window, averaged.
+
+    The result is exactly equivariant to the views' symmetries whatever the model,
+    and costs one forward pass per view. Window sizes stay multiples of the model's
+    tile multiple under every view, so the pooling lattice is unchanged.
+    """
+    if mode not in TTA_VIEWS:
+        raise ConfigError(f"test-time augmentation must be one of {', '.join(TTA_VIEWS)}, got {mode!r}",
+                          option="tta")
+    views = TTA_VIEWS[mode]
+    if len(views) == 1:
+        return forward
+
+    def run(x: np.ndarray) -> np.ndarray:
+        acc = None
+        for v in views:
+            y = _unview(forward(np.ascontiguousarray(_view(x, *v))), *v)
+            acc = y.astype(np.float32, copy=True) if acc is None else np.add(acc, y, out=acc)
+        acc *= np.float32(1.0 / len(views))
+        return acc
+    return run
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Options of a prediction run (``None`` = the model's recommendation).
+
+    Attributes:
+        tile_size: window size in pixels (a multiple of the model's ``tile_multiple``).
+        overlap: pixels shared by neighbouring windows (< tile_size / 2).
+        batch_size: windows per forward pass.
+        blend: ``"crop"`` keeps each window's centre only; ``"cosine"`` averages the
+            class probabilities of overlapping windows with smooth (sin²) weights.
+        block_size: output GeoTIFF internal tile size (default: a multiple of the
+            stride near 512).
+        bands: raster bands feeding the model (1-based indexes or band descriptions).
+        confidence: also produce the winning class's probability (0-100 %).
+        prefetch: units read ahead / waiting to be written (memory, not results:
+            the output is the same for any value).
+        tta: test-time augmentation, ``"none"``, ``"flip"`` (4 views, 4x the model
+            time) or ``"d4"`` (8 views, 8x): probabilities averaged over flipped /
+            rotated copies of every window (:func:`tta_forward`).
+    """
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    batch_size: int = 8
+    blend: Literal["crop", "cosine"] = "crop"
+    block_size: int | None = None
+    bands: tuple[int | str, ...] | None = None
+    confidence: bool = False
+    prefetch: int = 3
+    tta: Literal["none", "flip", "d4"] = "none"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ConfigError(f"batch size must be a positive integer, got {self.batch_size!r}", option="batch_size")
+        if self.blend not in BLENDS:
+            raise ConfigError(f"blend must be one of {', '.join(BLENDS)}, got {self.blend!r}", option="blend")
+        if not isinstance(self.prefetch, int) or self.prefetch < 1:
+            raise ConfigError("prefetch must be at least 1", option="prefetch")
+        if self.tta not in TTA_VIEWS:
+            raise ConfigError(f"tta must be one of {', '.join(TTA_VIEWS)}, got {self.tta!r}", option="tta")
+        if self.bands is not None:
+            seen = [str(b).strip() for b in self.bands]
+            dup = sorted({b for b in seen if seen.count(b) > 1})
+            if dup:
+                raise ConfigError(f"band {dup[0]} is chosen twice", option="bands")
+
+
+def input_gain_bias(spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per band ``(gain, bias)`` with ``x * gain + bias == ((DN + offset) * scale - mean) / std``."""
+    off, sc = np.asarray(spec.offset, np.float64), np.asarray(spec.scale, np.float64)
+    mean, std = np.asarray(spec.mean, np.float64), np.asarray(spec.std, np.float64)
+    return (sc / std).astype(np.float32), ((off * sc - mean) / std).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything fixed for one run over one source: pure data, picklable.
+
+    ``source`` reopens the input anywhere (:func:`geoseg.sources.open_source`): a
+    GDAL name, or the in-memory source itself."""
+
+    source: Any
+    bands: tuple[int, ...]
+    masked: bool
+    grid: Grid
+    gain: np.ndarray   # per band: x * gain + bias == ((DN + offset) * scale - mean) / std
+    bias: np.ndarray
+    class_ids: np.ndarray  # model output channel -> class id (uint8)
+    blend: str
+    confidence: bool
+    batch_size: int
+
+    def tasks(self) -> list[tuple[Unit, ...]]:
+        """The schedule's tasks: the units of each row of output blocks, in order."""
+        rows: dict[int, list[Unit]] = {}
+        for u in self.grid.units:
+            rows.setdefault(u.region.row, []).append(u)
+        return [tuple(v) for _, v in sorted(rows.items())]
+
+
+def make_plan(src: Source, meta: ModelMeta, options: PredictOptions) -> Plan:
+    """The plan of a run over the open source ``src`` (see :class:`Plan`)."""
+    tile = options.tile_size or meta.tile_size
+    overlap = meta.overlap if options.overlap is None else options.overlap
+    validate_tiling(tile, overlap, meta.tile_multiple)
+    bands = resolve_bands(src, meta.input, options.bands)
+    grid = make_grid(src.width, src.height, tile, overlap, options.block_size, align=meta.tile_multiple)
+    gain, bias = input_gain_bias(meta.input)
+    spec = meta.input
+    if spec.pixel_size and src.crs is not None and not src.transform.is_identity and src.crs.is_projected:
+        res = math.sqrt(abs(src.transform.determinant))
+        if abs(res / spec.pixel_size - 1) > 0.25:
+            warnings.warn(f"input pixel size {res:g} differs from the model's {spec.pixel_size:g}; "
+                          "results may be poor", PixelSizeWarning, stacklevel=2)
+    return Plan(src.spec, tuple(bands), src.has_masks(bands), grid, gain, bias,
+                np.array([c.id for c in meta.classes], dtype=np.uint8), options.blend, options.confidence,
+                options.batch_size)
+
+
+@dataclass
+class UnitInput:
+    """A unit read and normalised: windows ready for the model."""
+
+    unit: Unit
+    valid: np.ndarray                  # (h, w) validity of the unit's region
+    inputs: list[np.ndarray | None]    # (win_h, win_w, bands) float32, one per window to run
+    run: list[int]                     # indexes into unit.windows that need the model
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    unit: Unit
+    classes: np.ndarray               # (h, w) uint8, 255 = nodata
+    confidence: np.ndarray | None     # (h, w) uint8 percent, 255 = nodata
+
+
+def read_unit(src: Source, unit: Unit, plan: Plan) -> UnitInput:
+    """Read a unit's windows in one read, mask, normalise; skip all-nodata windows.
+
+    Nodata pixels enter the model as 0 (the normalised mean), so a nodata value such
+    as -9999 never leaks into valid neighbours through the receptive field."""
+    rect = unit.read_rect
+    data, valid = read_rect(src, plan.bands, rect, plan.masked)
+    region_valid = valid[unit.region.slices(rect)]
+    run = []
+    for i, w in enumerate(unit.windows):
+        contrib = w.core if plan.blend == "crop" else (w.read.intersection(unit.region) or w.core)
+        if region_valid[contrib.slices(unit.region)].any():
+            run.append(i)
+    if not run:
+        return UnitInput(unit, region_valid, [], run)
+    x = np.moveaxis(data, 0, -1)  # (h, w, bands) view
+    x = x * plan.gain + plan.bias  # new contiguous float32 array
+    if plan.masked:
+        x[~valid] = 0.0
+    inputs: list[np.ndarray | None] = [np.ascontiguousarray(x[unit.windows[i].read.slices(rect)]) for i in run]
+    return UnitInput(unit, region_valid, inputs, run)
+
+
+def _ramp(n: int, overlap: int) -> np.ndarray:
+    w = np.ones(n, np.float64)
+    r = min(overlap, n // 2)
+    if r > 0:
+        i = np.arange(r)
+        ramp = np.sin(0.5 * np.pi * (i + 0.5) / r) ** 2
+        w[:r] = ramp
+        w[n - r:] = ramp[::-1]
+    return np.maximum(w, 1e-3)
+
+
+_WEIGHTS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def blend_weights(height: int, width: int, overlap: int) -> np.ndarray:
+    """2-D window weights: 1 in the middle, sin² ramps over ``overlap`` px at each edge.
+
+    Two windows that overlap by ``overlap`` px have weights summing to 1 there
+    (sin² + cos² = 1); a small floor keeps image-edge pixels defined.
+    """
+    key = (height, width, overlap)
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = np.outer(_ramp(height, overlap), _ramp(width, overlap)).astype(np.float32)
+    return _WEIGHTS[key]
+
+
+def merge_unit(uin: UnitInput, probs: Sequence[np.ndarray] | None, plan: Plan) -> UnitResult:
+    """Merge the run windows' probabilities (each ``(win_h, win_w, K)``) into the unit's block."""
+    unit = uin.unit
+    reg = unit.region
+    h, w = reg.height, reg.width
+    classes = np.full((h, w), CLASS_NODATA, np.uint8)
+    conf = np.full((h, w), CLASS_NODATA, np.uint8) if plan.confidence else None
+    if probs is not None and len(uin.run):
+        if plan.blend == "crop":
+            for j, i in enumerate(uin.run):
+                win = unit.windows[i]
+                p = probs[j][win.core.slices(win.read)]
+                sl = win.core.slices(reg)
+                classes[sl] = plan.class_ids[np.argmax(p, axis=-1)]
+                if conf is not None:
+                    conf[sl] = np.rint(100.0 * p.max(axis=-1)).astype(np.uint8)
+        else:
+            k = probs[0].shape[-1]
+            acc = np.zeros((h, w, k), np.float32)
+            wsum = np.zeros((h, w, 1), np.float32)
+            for j, i in enumerate(uin.run):
+                win = unit.windows[i]
+                weights = blend_weights(win.read.height, win.read.width, plan.grid.overlap)[..., None]
+                part = win.read.intersection(reg)
+                src_sl = part.slices(win.read)
+                dst_sl = part.slices(reg)
+                acc[dst_sl] += probs[j][src_sl] * weights[src_sl]
+                wsum[dst_sl] += weights[src_sl]
+            np.divide(acc, np.maximum(wsum, 1e-12), out=acc)
+            classes[:] = plan.class_ids[np.argmax(acc, axis=-1)]
+            if conf is not None:
+                conf[:] = np.rint(100.0 * acc.max(axis=-1)).astype(np.uint8)
+        classes[~uin.valid] = CLASS_NODATA
+        if conf is not None:
+            conf[~uin.valid] = CLASS_NODATA
+    return UnitResult(unit, classes, conf)
+
+
+class _Slot:
+    """A unit waiting for its windows' probabilities."""
+
+    __slots__ = ("uin", "probs", "missing")
+
+    def __init__(self, uin: UnitInput):
+        self.uin = uin
+        self.probs: list[np.ndarray | None] = [None] * len(uin.run)
+        self.missing = len(uin.run)
+
+
+class Batcher:
+    """The schedule, as a small state machine both executors share.
+
+    Units enter in plan order (:meth:`add`); their windows queue per shape (border
+    windows are trimmed, and a batch has one shape). A queue that reaches
+    ``batch_size`` becomes a batch at once; at the end of a task (:meth:`end_task`)
+    what is left of each queue becomes one short batch, queues in the order their
+    shapes first appeared. Finished units leave in plan order (:meth:`done`).
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self._queues: dict[tuple, deque] = {}
+        self._open: deque[_Slot] = deque()
+
+    def add(self, uin: UnitInput) -> list[list[tuple[_Slot, int]]]:
+        """Queue a unit's windows; returns the batches that are full."""
+        slot = _Slot(uin)
+        self._open.append(slot)
+        ready = []
+        for j, x in enumerate(uin.inputs):
+            q = self._queues.setdefault(x.shape, deque())
+            q.append((slot, j))
+            if len(q) == self.batch_size:
+                ready.append([q.popleft() for _ in range(self.batch_size)])
+        return ready
+
+    def end_task(self) -> list[list[tuple[_Slot, int]]]:
+        """The short batches left at the end of a task."""
+        ready = [list(q) for q in self._queues.values() if q]
+        self._queues.clear()
+        return ready
+
+    @staticmethod
+    def run(batch: list[tuple[_Slot, int]], forward: Forward) -> tuple[int, int]:
+        """Run one batch; returns (windows, input pixels)."""
+        x = np.stack([slot.uin.inputs[j] for slot, j in batch])
+        y = forward(x)
+        for (slot, j), p in zip(batch, y):
+            slot.probs[j] = p
+            slot.missing -= 1
+            slot.uin.inputs[j] = None  # the input is no longer needed
+        return x.shape[0], x.shape[0] * x.shape[1] * x.shape[2]
+
+    def done(self, plan: Plan) -> list[UnitResult]:
+        """Merge and return the finished units at the head of the plan order."""
+        out = []
+        while self._open and self._open[0].missing == 0:
+            s = self._open.popleft()
+            out.append(merge_unit(s.uin, s.probs if s.uin.run else None, plan))
+        return out
+
+    @property
+    def idle(self) -> bool:
+        return not self._open
+
+
+def process_task(plan: Plan, units: Sequence[Unit], forward: Forward, src: Source | None = None) -> list[UnitResult]:
+    """Run one task of the schedule (see :meth:`Plan.tasks`) start to end: the pure unit
+    of work of other executors. Opens the source itself unless one is given, so it can
+    run wherever the input can be read. The results are exactly the local run's."""
+    own = src is None
+    src = open_source(plan.source) if own else src
+    try:
+        b = Batcher(plan.batch_size)
+        out: list[UnitResult] = []
+        for u in units:
+            for batch in b.add(read_unit(src, u, plan)):
+                b.run(batch, forward)
+            out += b.done(plan)
+        for batch in b.end_task():
+            b.run(batch, forward)
+        out += b.done(plan)
+        assert b.idle
+        return out
+    finally:
+        if own:
+            src.close()
