@@ -24,9 +24,10 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, NotGeoreferencedWarning, RasterError, VectorError
+from .errors import ConfigError, NotGeoreferencedWarning, RasterError, VectorError, one_line
+from .files import write_atomic
 from .progress import CancelFn, ProgressFn, Reporter
-from .sources import open_raster, read_class_names
+from .sources import open_raster, read_class_names, resolve_nodata
 
 __all__ = ["PixelAreas", "pixel_areas", "AreaAccumulator", "ClassArea", "AreaTable", "class_areas",
            "write_areas_csv", "read_zones", "Zone"]
@@ -75,13 +76,13 @@ def pixel_areas(crs, transform, width: int, height: int, pixel_size: float | Non
     if pc.is_compound:
         pc = pc.sub_crs_list[0]
     if pc.is_geographic:
-        return PixelAreas("geodesic", rows=_geodesic_rows(pc, transform, width, height))
+        return PixelAreas("geodesic", rows=_geodesic_rows(pc, transform, height))
     fx, fy = _axis_factor(pc, "linear")
     det = abs(transform.a * transform.e - transform.b * transform.d)
     return PixelAreas("planar", det * fx * fy)
 
 
-def _geodesic_rows(pc, transform, width: int, height: int) -> np.ndarray:
+def _geodesic_rows(pc, transform, height: int) -> np.ndarray:
     """Geodesic area (m²) of each row's pixel on the CRS's ellipsoid.
 
     The reference is the geodesic polygon through the pixel's four corners (what
@@ -306,15 +307,7 @@ def format_table(table: AreaTable) -> str:
 
 def write_areas_csv(table: AreaTable, path: str | os.PathLike) -> Path:
     """Write the table as CSV atomically (temporary file, then rename)."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.geoseg-tmp-{os.getpid()}")
-    try:
-        tmp.write_text(areas_csv_text(table))
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+    return write_atomic(path, areas_csv_text(table))
 
 
 @dataclass
@@ -344,7 +337,7 @@ def read_zones(path: str | os.PathLike, raster_crs, zone_field: str | None = Non
     except VectorError:
         raise
     except Exception as e:  # pyogrio raises DataSourceError, DataLayerError, ...
-        raise VectorError(f"cannot read AOI {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise VectorError(f"cannot read AOI {p}: {one_line(e)}") from None
     if geoms is None or len(geoms) == 0:
         raise VectorError(f"AOI {p.name} has no features")
     shapes = shapely.from_wkb(geoms)
@@ -397,9 +390,7 @@ def class_areas(path: str | os.PathLike, *, nodata: float | None | Literal["auto
     with open_raster(path) as src:
         if not 1 <= band <= src.count:
             raise RasterError(f"{Path(path).name} has no band {band}")
-        nd = src.nodatavals[band - 1] if nodata == "auto" else nodata
-        if isinstance(nd, float) and nd.is_integer():
-            nd = int(nd)
+        nd = resolve_nodata(src.nodatavals[band - 1], nodata)
         names = class_names if class_names is not None else read_class_names(src)
         px = pixel_areas(src.crs, src.transform, src.width, src.height, pixel_size)
         acc = AreaAccumulator(px, nd)
@@ -420,7 +411,7 @@ def class_areas(path: str | os.PathLike, *, nodata: float | None | Literal["auto
                     return win, src.read(band, window=win)
             except Exception as e:  # noqa: BLE001
                 raise RasterError(f"cannot read {Path(path).name} (truncated or corrupt?): "
-                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                                  f"{one_line(e)}") from None
 
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
         with ThreadPoolExecutor(1, thread_name_prefix="geoseg-areas") as pool:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ModelError
+from .files import write_atomic
 
 __all__ = ["ClassInfo", "InputSpec", "ModelMeta", "read_metadata", "write_bundle", "read_bundle_member",
            "FORMAT", "FORMAT_VERSION", "META_NAME", "MODEL_NAME"]
@@ -229,22 +230,15 @@ def read_metadata(path: str | os.PathLike) -> ModelMeta:
 def write_bundle(path: str | os.PathLike, meta: ModelMeta, keras_bytes: bytes) -> None:
     """Write a bundle atomically (temporary file beside the target, then rename)."""
     _parse_meta(json.loads(meta.to_json()), "metadata to write")  # never write what we cannot read
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            info = zipfile.ZipInfo(META_NAME, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, meta.to_json())
-            info = zipfile.ZipInfo(MODEL_NAME, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
-            zf.writestr(info, keras_bytes)
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        info = zipfile.ZipInfo(META_NAME, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, meta.to_json())
+        info = zipfile.ZipInfo(MODEL_NAME, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_STORED
+        zf.writestr(info, keras_bytes)
+    write_atomic(path, buf.getvalue())
 
 
 def format_metadata(meta: ModelMeta, path: str = "") -> str:

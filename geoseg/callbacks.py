@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .bundle import ModelMeta
-from .model import LoadedModel, keras_module
+from .model import LoadedModel, keras_module, make_forward
 from .predict import PredictOptions, predict_raster
-from .progress import Reporter
+from .progress import CancelFn, Reporter
 
 __all__ = ["progress_callback", "curves_callback", "plot_curves", "read_history", "epoch_preview_callback"]
 
@@ -105,16 +105,18 @@ def plot_curves(hist: dict[str, list[float]], path: str | os.PathLike) -> None:
 
 
 def epoch_preview_callback(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike, meta: ModelMeta,
-                           options: PredictOptions):
+                           options: PredictOptions, is_cancelled: CancelFn | None = None):
     """After each epoch, segment ``images`` with the network being trained (tiled, as
     ``predict`` does, scaled as ``meta`` says) and save ``epochNNN_NAME.png`` quick looks
-    into ``out_dir``."""
+    into ``out_dir``. The forward pass is made once per epoch, for all the images (on
+    JAX it holds the epoch's weights)."""
     keras = keras_module()
     out = Path(out_dir)
 
     class EpochPreview(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             lm = LoadedModel(meta, self.model)
+            forward = make_forward(self.model, meta.input.n_bands, meta.head)
             # no TensorFlow "retracing" notice for each new window shape of each epoch
             tf_log = logging.getLogger("tensorflow")
             level = tf_log.level
@@ -124,7 +126,8 @@ def epoch_preview_callback(images: Sequence[str | os.PathLike], out_dir: str | o
                     for img in images:
                         name = f"epoch{epoch + 1:03d}_{Path(img).stem}.png"
                         predict_raster(img, Path(tmp) / "classes.tif", lm, options, overwrite=True,
-                                       preview_path=out / name)
+                                       preview_path=out / name, forward=forward,
+                                       is_cancelled=is_cancelled)
             finally:
                 tf_log.setLevel(level)
 

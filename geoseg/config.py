@@ -18,7 +18,6 @@ field's type or rejected with a one-line :class:`ConfigError`.
 from __future__ import annotations
 
 import configparser
-import dataclasses
 import difflib
 import re
 import types
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, UnusedKeyWarning
+from .errors import ConfigError, UnusedKeyWarning, one_line
 
 __all__ = ["ModelConfig", "TrainConfig", "DataConfig", "InferConfig", "MaskConfig", "TiledInferConfig",
            "Config", "load_config", "parse_literal", "parse_colour", "config_to_toml"]
@@ -434,7 +433,7 @@ def load_config(path: str | Path) -> Config:
     try:
         parser.read_string(text, source=p.name)
     except configparser.Error as e:
-        raise ConfigError(f"{p.name}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{p.name}: {one_line(e)}") from None
     raw: dict[str, dict[str, Any]] = {}
     for sname in parser.sections():
         raw[sname] = {}

@@ -46,7 +46,7 @@ from .chips import colour_map_lut, list_chips, mask_to_classes, read_rgb_mask
 from .errors import ConfigError, RasterError, one_line
 from .output import profile
 from .progress import CancelFn, ProgressFn, Reporter
-from .sources import check_same_grid, label_valid, open_raster, reflect_pad
+from .sources import check_same_grid, label_valid, open_raster, reflect_pad, resolve_nodata
 from .windows import chip_origins
 
 __all__ = ["TileOptions", "TileReport", "tile_rasters", "tile_folders", "assign_splits", "SPLITS"]
@@ -261,7 +261,7 @@ def _cut_rasters(plans, splits, writer: _Writer, opts: TileOptions, label_nodata
     stride = opts.stride or opts.chip
     for img_path, lab_path, source, (r0, r1, c0, c1) in plans:
         with open_raster(img_path) as img, open_raster(lab_path) as lab:
-            nd = lab.nodata if label_nodata == "auto" else label_nodata
+            nd = resolve_nodata(lab.nodata, label_nodata)
             for rr in chip_origins(r1 - r0, opts.chip, stride):
                 reporter.check()
                 for cc in chip_origins(c1 - c0, opts.chip, stride):
@@ -337,7 +337,7 @@ def _cut_folders(sources, splits, writer: _Writer, opts: TileOptions, lut, repor
             key = "#%06X" % code
             writer.report.unmapped_colours[key] = writer.report.unmapped_colours.get(key, 0) + n
         h, w = mask.shape
-        georef = crs is not None and not transform.is_identity
+        georef = crs is not None and not transform.is_identity  # (no dataset here to ask)
         safe = source.replace("/", "_").replace(" ", "_").rsplit(".", 1)[0]
         for row in chip_origins(h, c, stride):
             reporter.check()

@@ -29,13 +29,13 @@ from rasterio.windows import Window
 
 from .bundle import ModelMeta
 from .errors import RasterError
-from .output import CLASS_NODATA
+from .files import write_atomic
 from .pipeline import run_plan
 from .predict import resolve_model
 from .progress import CancelFn, ProgressFn, Reporter
-from .sources import ArraySource, check_same_grid, label_valid, open_raster, open_source, to_window
+from .sources import (CLASS_NODATA, ArraySource, RasterSource, check_same_grid, label_valid, open_raster,
+                      owned_source, resolve_nodata)
 from .unit import Forward, PredictOptions, input_gain_bias, make_plan
-from .windows import Rect
 
 __all__ = ["Scores", "ConfusionSink", "confusion_matrix", "scores_from_confusion", "evaluate_rasters",
            "write_scores", "plot_confusion", "evaluate_model_on_raster", "evaluate_chips", "format_scores"]
@@ -132,8 +132,8 @@ class ConfusionSink:
     """A sink that scores finished blocks against a truth raster instead of writing
     them (memory bounded by the block, at any scene size).
 
-    ``truth`` is an open rasterio dataset or an :class:`geoseg.sources.ArraySource` on
-    the prediction's grid (class values in band 1). Pixels where the truth is nodata,
+    ``truth`` is a :class:`geoseg.sources.Source` on the prediction's grid (class
+    values in band 1), or None when blocks are given to :meth:`add` directly. Pixels where the truth is nodata,
     not finite or one of ``ignore`` are not counted; valid truth pixels the
     prediction left as nodata are counted as ``unpredicted``.
     """
@@ -147,15 +147,9 @@ class ConfusionSink:
         self.confusion = np.zeros((k, k), np.int64)
         self.unpredicted = 0
 
-    def _truth(self, rect: Rect) -> np.ndarray:
-        if isinstance(self.truth, ArraySource):
-            sl = rect.slices()
-            return self.truth.array[0, sl[0], sl[1]]
-        return self.truth.read(1, window=to_window(rect))
-
     def write(self, res) -> None:
         """Count one finished block (a :class:`geoseg.unit.UnitResult`)."""
-        self.add(res.classes, self._truth(res.unit.region))
+        self.add(res.classes, self.truth.read([1], res.unit.region, False)[0][0])
 
     def add(self, pred: np.ndarray, truth: np.ndarray, pred_nodata: float | None = CLASS_NODATA) -> None:
         valid = label_valid(truth, self.nodata)
@@ -182,7 +176,7 @@ def evaluate_rasters(pred_path: str | os.PathLike, truth_path: str | os.PathLike
     """
     with open_raster(pred_path) as p, open_raster(truth_path) as t:
         check_same_grid(p, t)
-        sink = ConfusionSink(t, class_ids, t.nodata if truth_nodata == "auto" else truth_nodata, ignore)
+        sink = ConfusionSink(None, class_ids, resolve_nodata(t.nodata, truth_nodata), ignore)
         step = max(1, (4 << 20) // max(p.width, 1))
         starts = range(0, p.height, step)
         reporter = Reporter(progress, is_cancelled, total=len(starts))
@@ -199,7 +193,7 @@ def write_scores(scores: Scores, prefix: str | os.PathLike) -> list[Path]:
     prefix = Path(prefix)
     out_json = prefix.with_name(prefix.name + ".json")
     out_csv = prefix.with_name(prefix.name + ".csv")
-    out_json.write_text(json.dumps(scores.as_dict(), indent=2) + "\n")
+    write_atomic(out_json, json.dumps(scores.as_dict(), indent=2) + "\n")
     lines = ["class_id,class_name,iou,dice,precision,recall,truth_pixels,predicted_pixels"]
     d = scores.as_dict()
     for c in d["classes"]:
@@ -208,7 +202,7 @@ def write_scores(scores: Scores, prefix: str | os.PathLike) -> list[Path]:
     for key in ("mean_iou_excluding_background", "mean_dice_excluding_background", "overall_accuracy"):
         v = d[key]
         lines.append(f"{key},,{'' if v is None else f'{v:.6f}'},,,,,")
-    out_csv.write_text("\n".join(lines) + "\n")
+    write_atomic(out_csv, "\n".join(lines) + "\n")
     return [out_json, out_csv]
 
 
@@ -259,12 +253,12 @@ def evaluate_model_on_raster(model, image, truth_path: str | os.PathLike, option
     bg = meta.background if background == "model" else background
     reporter = Reporter(progress, is_cancelled)
     reporter.check()
-    with open_source(image) as src, open_raster(truth_path) as t:
+    with owned_source(image) as src, RasterSource(truth_path) as t:
         check_same_grid(src, t, ("image", "truth"))
         plan = make_plan(src, meta, options)
         reporter.total = len(plan.grid)
         ids = [c.id for c in meta.classes]
-        sink = ConfusionSink(t, ids, t.nodata if truth_nodata == "auto" else truth_nodata, ignore)
+        sink = ConfusionSink(t, ids, resolve_nodata(t.nodatavals[0], truth_nodata), ignore)
         run_plan(plan, get_forward(), sink.write, reporter, options.prefetch)
     return sink.scores([c.name for c in meta.classes], bg)
 
@@ -329,7 +323,7 @@ def evaluate_chips(model, image_dir: str | os.PathLike, mask_dir: str | os.PathL
         if x.shape[0] != spec.n_bands:
             raise RasterError(f"{os.path.basename(ip)} has {x.shape[0]} bands but the model takes {spec.n_bands}")
         if x.shape[1] % m or x.shape[2] % m or max(x.shape[1:]) > meta.tile_size:
-            _engine_confusion(sink, x, y, os.path.basename(str(ip)), meta, fwd, options)
+            _engine_confusion(sink, x, y, os.path.basename(str(ip)), meta, fwd, options, is_cancelled)
         else:
             if batch_x and x.shape[1:] != batch_x[0].shape[:2]:
                 flush()
@@ -344,7 +338,7 @@ def evaluate_chips(model, image_dir: str | os.PathLike, mask_dir: str | os.PathL
 
 
 def _engine_confusion(sink: ConfusionSink, image: np.ndarray, truth: np.ndarray, name: str, meta: ModelMeta,
-                      forward: Forward, options: PredictOptions) -> None:
+                      forward: Forward, options: PredictOptions, is_cancelled: CancelFn | None = None) -> None:
     """Segment one image held in memory with the engine (windows, overlap, as
     ``predict``) and score its blocks against ``truth`` (class indexes)."""
     if image.shape[1:] != truth.shape:
@@ -353,5 +347,5 @@ def _engine_confusion(sink: ConfusionSink, image: np.ndarray, truth: np.ndarray,
     src = ArraySource(image, name=name)
     plan = make_plan(src, meta, options)
     part = ConfusionSink(ArraySource(truth), sink.class_ids, None, sink.ignore)
-    run_plan(plan, forward, part.write, Reporter(), options.prefetch)
+    run_plan(plan, forward, part.write, Reporter(is_cancelled=is_cancelled), options.prefetch)
     sink.confusion += part.confusion

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .bundle import MODEL_NAME, ModelMeta, read_bundle_member, read_metadata, write_bundle
-from .errors import MissingDependencyError, ModelError
+from .errors import MissingDependencyError, ModelError, one_line
 
 __all__ = ["build_unet", "save_model", "load_model", "LoadedModel", "make_forward", "keras_module", "ModelRef",
            "load_forward", "forward_of"]
@@ -169,8 +169,10 @@ class ModelRef:
 
     @classmethod
     def of(cls, path: str | os.PathLike, tta: str = "none") -> "ModelRef":
+        """The reference of a bundle file (read and checked now: a bad bundle is a
+        one-line ModelError here, not in a worker later)."""
         p = Path(path)
-        read_metadata(p)  # a one-line ModelError now, not in a worker later
+        read_metadata(p)
         return cls(str(p.absolute()), _sha256(p), tta)
 
 
@@ -239,7 +241,7 @@ def load_keras_file(path: str | os.PathLike, where: str = "") -> Any:
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # Keras raises many types for a bad file
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = one_line(e)
         raise ModelError(f"{where or path}: cannot load the Keras model: {msg}") from None
 
 
@@ -371,12 +373,12 @@ def build_backbone_unet(backbone: str, n_classes: int, n_bands: int, *, weights:
         enc = ctor(**kwargs)
     except Exception as e:  # noqa: BLE001  (a download attempt offline, a bad file, ...)
         raise ModelError(f"cannot build the {ctor_name} encoder with weights={weights}: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                         f"{one_line(e)}") from None
     if weights not in ("none", "imagenet", "", None):
         try:
             enc.load_weights(weights)
         except Exception as e:  # noqa: BLE001
-            raise ModelError(f"cannot load encoder weights {weights}: {str(e).splitlines()[0]}") from None
+            raise ModelError(f"cannot load encoder weights {weights}: {one_line(e)}") from None
     if key == "inceptionresnetv2":
         enc = _same_padding_copy(keras, enc)
         inputs = enc.inputs[0]

@@ -2,8 +2,9 @@
 
 * :func:`check_output_path` refuses outputs that would clobber an input or an
   existing file (unless overwriting was asked for), or that cannot be written.
-* :class:`AtomicOutput`: a temporary file beside the target, renamed onto it at the
-  end; a failure or a cancellation leaves the target as it was.
+* :class:`~geoseg.files.AtomicOutput` (in :mod:`geoseg.files`): a temporary file
+  beside the target, renamed onto it at the end; a failure or a cancellation leaves
+  the target as it was.
 * :data:`PROFILES`: GDAL creation options, defined once (class rasters, COGs, chips).
 * :func:`style_class_raster`: colour table, class-name tags, a GDAL raster attribute
   table (``.aux.xml``) and a QGIS ``.qml`` style.
@@ -18,28 +19,26 @@ from __future__ import annotations
 import copy
 import json
 import os
-import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
+import rasterio
 
 from .areas import AreaAccumulator, AreaTable, PixelAreas, make_table
 from .bundle import ClassInfo
 from .errors import OutputExistsError, RasterError
-from .sources import CLASSES_TAG
+from .files import AtomicOutput
+from .sources import CLASS_NODATA, CLASSES_TAG, thread_env
 
-__all__ = ["CLASS_NODATA", "CLASSES_TAG", "PROFILES", "check_output_path", "AtomicOutput", "class_profile",
+__all__ = ["PROFILES", "check_output_path", "class_profile",
            "colormap", "tag_class_dataset", "style_class_raster", "write_rat", "write_qml", "to_cog",
            "ClassRasterWriter"]
 
-#: Class value of pixels without a class (input nodata, masked, outside the data).
-CLASS_NODATA = 255
-
 #: GDAL creation options by use; :func:`profile` returns a copy.
 PROFILES: dict[str, dict[str, Any]] = {
-    "class": {"driver": "GTiff", "tiled": True, "compress": "deflate", "interleave": "band"},
+    "class": {"driver": "GTiff", "tiled": True, "compress": "deflate", "interleave": "band",
+              "num_threads": "all_cpus"},   # GDAL compresses blocks on worker threads
     "cog": {"driver": "COG", "COMPRESS": "DEFLATE", "BLOCKSIZE": 512, "OVERVIEW_RESAMPLING": "NEAREST",
             "NUM_THREADS": "ALL_CPUS"},
     "chip": {"driver": "GTiff", "compress": "deflate"},
@@ -76,55 +75,6 @@ def check_output_path(dst: str | os.PathLike, inputs: Sequence[str | os.PathLike
     return d
 
 
-class AtomicOutput:
-    """A temporary path beside ``target``, renamed onto it by :meth:`commit`.
-
-    GDAL side-car files (``.aux.xml``) and a ``.qml`` style follow the main file.
-    :meth:`discard` removes everything, so a failed or cancelled run never leaves a
-    half-written file at the target path.
-    """
-
-    SIDECARS = (".aux.xml", ".qml")
-
-    def __init__(self, target: str | os.PathLike):
-        self.target = Path(target)
-        tag = uuid.uuid4().hex[:8]
-        self.tmp = self.target.with_name(f".{self.target.stem}.geoseg-tmp-{tag}{self.target.suffix}")
-        self.extra: list[Path] = []
-
-    def scratch(self, suffix: str) -> Path:
-        """Another temporary file beside the target (removed by commit/discard)."""
-        p = self.tmp.with_name(self.tmp.stem + f"-{len(self.extra)}{suffix}")
-        self.extra.append(p)
-        return p
-
-    @staticmethod
-    def _sidecar(base: Path, ext: str) -> Path:
-        return base.with_name(base.name + ext) if ext == ".aux.xml" else base.with_suffix(ext)
-
-    def commit(self) -> Path:
-        for ext in self.SIDECARS:
-            s = self._sidecar(self.tmp, ext)
-            t = self._sidecar(self.target, ext)
-            if s.exists():
-                os.replace(s, t)
-            elif t.exists() and ext == ".aux.xml":
-                t.unlink()  # a stale side-car of an overwritten output would describe old data
-        os.replace(self.tmp, self.target)
-        self._cleanup_extra()
-        return self.target
-
-    def discard(self) -> None:
-        for p in [self.tmp] + [self._sidecar(self.tmp, e) for e in self.SIDECARS]:
-            p.unlink(missing_ok=True)
-        self._cleanup_extra()
-
-    def _cleanup_extra(self) -> None:
-        for p in self.extra:
-            for q in (p, p.with_name(p.name + ".aux.xml")):
-                q.unlink(missing_ok=True)
-
-
 def class_profile(width: int, height: int, crs, transform, block: int) -> dict:
     """Profile of a uint8 class GeoTIFF (tiled, deflate, nodata 255)."""
     prof = profile("class")
@@ -158,8 +108,7 @@ def style_class_raster(path: str | os.PathLike, classes: Sequence[ClassInfo], ex
     writing), a GDAL raster attribute table (``.aux.xml``, written by GDAL itself when
     its Python bindings are available) and a QGIS ``.qml`` style."""
     if tag:
-        import rasterio  # noqa: PLC0415
-        with rasterio.Env(), rasterio.open(path, "r+") as dst:
+        with thread_env(), rasterio.open(path, "r+") as dst:
             tag_class_dataset(dst, classes, extra_tags)
     write_rat(path, classes)
     write_qml(qml_path or Path(path).with_suffix(".qml"), classes)
@@ -245,27 +194,26 @@ class ClassRasterWriter:
                  classes: Sequence[ClassInfo], pixel_areas: PixelAreas,
                  confidence_target: str | os.PathLike | None = None, tags: dict[str, str] | None = None,
                  cog: bool = False):
-        import rasterio  # noqa: PLC0415
+        self._committed = False
         self.classes = tuple(classes)
         self.tags = dict(tags or {})
         self.cog = cog
         self.main = AtomicOutput(target)
         self.conf = AtomicOutput(confidence_target) if confidence_target is not None else None
         self.acc = AreaAccumulator(pixel_areas, CLASS_NODATA)
-        self.georeferenced = crs is not None
+        self.georeferenced = pixel_areas.kind != "pixels"
         self._extra: list[tuple[Path, Path]] = []
         self._next = 0
         self._finished = False
         prof = class_profile(width, height, crs, transform, block)
-        # GDAL's error handlers are per thread: an Env in the writing thread routes its
-        # messages to logging. GDAL compresses blocks on its own threads.
-        self._env = rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS")
-        self._env.__enter__()
+        # Blocks are written from whatever thread calls write() (the pipeline's writer
+        # thread enters its own rasterio Env); no Env is held by this object.
         self._dst = self._cdst = None
         try:
-            self._dst = rasterio.open(self.main.tmp, "w", **prof)
-            if self.conf is not None:
-                self._cdst = rasterio.open(self.conf.tmp, "w", **prof)
+            with thread_env():
+                self._dst = rasterio.open(self.main.tmp, "w", **prof)
+                if self.conf is not None:
+                    self._cdst = rasterio.open(self.conf.tmp, "w", **prof)
         except BaseException:
             self.discard()
             raise
@@ -300,17 +248,18 @@ class ClassRasterWriter:
 
     def finish(self) -> None:
         """Tags and colour table, close, RAT and ``.qml``, COG conversion (not committed yet)."""
-        tag_class_dataset(self._dst, self.classes, self.tags)
-        if self._cdst is not None:
-            self._cdst.set_band_description(1, "confidence (%)")
-            self._cdst.update_tags(UNITS="percent", **{k: v for k, v in self.tags.items() if k == "GEOSEG_MODEL"})
-        self._close()
-        # RAT (.aux.xml) and .qml before a COG copy: the colour table and tags travel
-        # inside the file, the side-cars stay beside the temporary path.
-        style_class_raster(self.main.tmp, self.classes, qml_path=self.main.tmp.with_suffix(".qml"), tag=False)
-        if self.cog:
-            for o in self.outputs:
-                to_cog(o)
+        with thread_env():
+            tag_class_dataset(self._dst, self.classes, self.tags)
+            if self._cdst is not None:
+                self._cdst.set_band_description(1, "confidence (%)")
+                self._cdst.update_tags(UNITS="percent", **{k: v for k, v in self.tags.items() if k == "GEOSEG_MODEL"})
+            self._close()
+            # RAT (.aux.xml) and .qml before a COG copy: the colour table and tags travel
+            # inside the file, the side-cars stay beside the temporary path.
+            style_class_raster(self.main.tmp, self.classes, qml_path=self.main.tmp.with_suffix(".qml"), tag=False)
+            if self.cog:
+                for o in self.outputs:
+                    to_cog(o)
         self._finished = True
 
     def scratch(self, target: str | os.PathLike, suffix: str) -> Path:
@@ -328,6 +277,7 @@ class ClassRasterWriter:
             self.main.extra.remove(tmp)
         if self.conf is not None:
             self.conf.commit()
+        self._committed = True
         return self.main.commit()
 
     def _close(self) -> None:
@@ -335,9 +285,6 @@ class ClassRasterWriter:
             if d is not None:
                 d.close()
         self._dst = self._cdst = None
-        if self._env is not None:
-            self._env.__exit__(None, None, None)
-            self._env = None
 
     def discard(self) -> None:
         """Remove every temporary file: the targets stay as they were."""
@@ -349,5 +296,5 @@ class ClassRasterWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        if not self._committed:  # an error, or a caller that never committed: nothing stays
             self.discard()

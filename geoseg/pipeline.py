@@ -26,7 +26,7 @@ from typing import Callable
 import rasterio
 
 from .progress import Reporter
-from .sources import open_source
+from .sources import owned_source
 from .unit import Batcher, Forward, Plan, UnitResult, read_unit
 
 __all__ = ["run_plan", "RunStats", "GDAL_CACHE_MB", "gdal_env"]
@@ -83,7 +83,7 @@ def run_plan(plan: Plan, forward: Forward, write: Callable[[UnitResult], None], 
         try:
             # GDAL error handlers are per thread: this thread's Env routes its warnings
             # to logging; the source is opened here, in the thread that reads it.
-            with gdal_env(), open_source(plan.source) as src:
+            with gdal_env(), owned_source(plan.source) as src:
                 for task in tasks:
                     for u in task:
                         if stop.is_set():
@@ -99,20 +99,24 @@ def run_plan(plan: Plan, forward: Forward, write: Callable[[UnitResult], None], 
 
     def writer() -> None:
         try:
-            while True:
-                try:
-                    item = out_q.get(timeout=0.1)
-                except queue.Empty:
-                    if stop.is_set():
-                        return
-                    continue
-                if item is None:
-                    return
-                write(item)
-                reporter.advance()
+            with gdal_env():  # this thread's GDAL messages to logging
+                write_loop()
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
             stop.set()
+
+    def write_loop() -> None:
+        while True:
+            try:
+                item = out_q.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
+            if item is None:
+                return
+            write(item)
+            reporter.advance()
 
     def run(batch) -> None:
         t0 = time.perf_counter()
@@ -160,8 +164,10 @@ def run_plan(plan: Plan, forward: Forward, write: Callable[[UnitResult], None], 
     finally:
         if errors or wt.is_alive():
             stop.set()
-        rt.join(30)
-        wt.join(30)
+        # Both threads end soon after ``stop`` (the writer after the block it is
+        # writing): wait for them, so no dataset is closed under a thread still using it.
+        rt.join()
+        wt.join()
     if errors:
         raise errors[0]
     reporter.report()

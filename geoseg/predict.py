@@ -28,10 +28,10 @@ import numpy as np
 from .areas import AreaTable, pixel_areas, write_areas_csv
 from .bundle import ModelMeta, read_metadata
 from .errors import ConfigError, RasterError
-from .output import CLASS_NODATA, ClassRasterWriter, check_output_path
+from .output import ClassRasterWriter, check_output_path
 from .pipeline import run_plan
 from .progress import CancelFn, ProgressFn, Reporter
-from .sources import ArraySource, Source, is_plain_path, open_source
+from .sources import CLASS_NODATA, ArraySource, Source, is_plain_path, open_source
 from .unit import Forward, PredictOptions, UnitResult, make_plan, tta_forward
 
 __all__ = ["PredictOptions", "PredictResult", "predict_raster", "predict_many", "predict_array", "sidecar_paths",
@@ -62,15 +62,23 @@ def resolve_model(model: Any, options: PredictOptions, forward: Forward | None =
     """The model's metadata, and a function that returns its forward pass (with the
     options' test-time augmentation) when first needed: bundle paths through the
     per-process cache of :func:`geoseg.model.load_forward`, so a model is loaded once."""
+    from .model import ModelRef, forward_of, load_forward  # noqa: PLC0415  (Keras only when a model runs)
+    if isinstance(model, ModelRef):
+        if model.tta != options.tta:
+            raise ConfigError(f"the model reference runs test-time augmentation {model.tta!r} but the options "
+                              f"ask for {options.tta!r}", option="tta")
+        meta = read_metadata(model.path)
+    elif isinstance(model, (str, os.PathLike)):
+        meta = read_metadata(model)
+    else:
+        meta = model.meta
     if forward is not None:
-        meta = read_metadata(model) if isinstance(model, (str, os.PathLike)) else model.meta
         return meta, lambda: tta_forward(forward, options.tta)
     if isinstance(model, (str, os.PathLike)):
-        from .model import ModelRef, load_forward  # noqa: PLC0415  (Keras only when a model runs)
-        ref = ModelRef.of(model, options.tta)
-        return read_metadata(model), lambda: load_forward(ref)
-    from .model import forward_of  # noqa: PLC0415
-    return model.meta, lambda: forward_of(model, options.tta)
+        model = ModelRef.of(model, options.tta)
+    if isinstance(model, ModelRef):
+        return meta, lambda ref=model: load_forward(ref)
+    return meta, lambda: forward_of(model, options.tta)
 
 
 def _tags(meta: ModelMeta, plan, options: PredictOptions) -> dict[str, str]:
@@ -92,7 +100,8 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
             subdatasets), a ``(bands, rows, cols)`` numpy array, or a
             :class:`geoseg.sources.Source` (e.g. an :class:`~geoseg.sources.ArraySource`
             with a CRS and transform).
-        model: a ``.geoseg`` bundle path, or a :class:`geoseg.model.LoadedModel`.
+        model: a ``.geoseg`` bundle path, a :class:`geoseg.model.ModelRef` or a
+            :class:`geoseg.model.LoadedModel`.
         options: tiling, blending, batching, band selection, test-time augmentation.
         areas_path: also write the per-class area CSV (counted while writing).
         confidence_path: also write the winning probability (uint8 %, nodata 255).
@@ -115,6 +124,8 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
     inputs = [src] if isinstance(src, (str, os.PathLike)) and is_plain_path(src) else []
     if isinstance(model, (str, os.PathLike)):
         inputs.append(model)
+    elif getattr(model, "path", ""):
+        inputs.append(model.path)
     outs = {"output": dst_path, "areas CSV": areas_path, "confidence output": confidence_path,
             "preview": preview_path}
     resolved: dict[str, Path] = {}
@@ -194,6 +205,9 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
         for what, q in [("output", dst)] + [(k, v) for k, v in side.items() if v is not None]:
             check_output_path(q, list(src_paths), overwrite, what)
         jobs.append((p, dst, side))
+    if isinstance(model, (str, os.PathLike)) and forward is None:
+        from .model import ModelRef  # noqa: PLC0415
+        model = ModelRef.of(model, options.tta)  # hashed and compiled once for all inputs
     results = []
     for p, dst, side in jobs:
         cb = progress_for(Path(p)) if progress_for else None

@@ -10,8 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .bundle import ModelMeta
-from .output import CLASS_NODATA
-from .sources import Source
+from .sources import CLASS_NODATA, Source
 
 __all__ = ["write_preview", "pyplot"]
 

@@ -31,8 +31,12 @@ class Reporter:
         self.done = 0
         self._reported = -1
 
+    def cancelled(self) -> bool:
+        """Whether the caller has asked to cancel (a ``CancelFn`` to hand on)."""
+        return self._is_cancelled is not None and bool(self._is_cancelled())
+
     def check(self) -> None:
-        if self._is_cancelled is not None and self._is_cancelled():
+        if self.cancelled():
             raise Cancelled("cancelled")
 
     def advance(self, n: int = 1) -> None:

@@ -26,7 +26,7 @@ import os
 import re
 import warnings
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
@@ -43,11 +43,13 @@ from .errors import RasterError, one_line
 from .windows import Rect
 
 __all__ = ["Source", "RasterSource", "ArraySource", "open_source", "open_raster", "is_plain_path",
-           "resolve_bands", "read_rect", "to_window", "from_window", "check_same_grid", "label_valid",
-           "read_class_names", "is_georeferenced", "CLASSES_TAG"]
+           "resolve_bands", "read_rect", "to_window", "check_same_grid", "label_valid", "resolve_nodata",
+           "read_class_names", "is_georeferenced", "owned_source", "thread_env", "CLASSES_TAG", "CLASS_NODATA"]
 
 #: The tag holding a class raster's classes as JSON (written by :mod:`geoseg.output`).
 CLASSES_TAG = "GEOSEG_CLASSES"
+#: Class value of pixels without a class (input nodata, masked, outside the data).
+CLASS_NODATA = 255
 
 # geoseg reports a missing georeferencing itself (areas in pixels, a warning that says
 # what it means); rasterio's own notice at every open of a photo or chip is noise.
@@ -63,9 +65,21 @@ def to_window(r: Rect) -> Window:
     return Window(r.col, r.row, r.width, r.height)
 
 
-def from_window(w: Window) -> Rect:
-    """A rasterio ``Window`` (integral) as a :class:`~geoseg.windows.Rect`."""
-    return Rect(int(w.col_off), int(w.row_off), int(w.width), int(w.height))
+def thread_env():
+    """A rasterio Env for this thread unless one is active: GDAL's messages then go to
+    logging, not raw to stderr. Short-lived and properly nested, never held by an
+    object (an Env closed out of order, or from another thread, is an error)."""
+    return nullcontext() if rasterio.env.hasenv() else rasterio.Env()
+
+
+def _label(spec: str) -> str:
+    """A name for messages: a plain path's file name, a GDAL name as given (long ones
+    shortened), or what a VRT given as XML text is."""
+    if spec.lstrip().startswith("<"):
+        return "a VRT given as XML text"
+    if is_plain_path(spec):
+        return Path(spec).name
+    return spec if len(spec) <= 160 else spec[:100] + "…" + spec[-40:]
 
 
 def is_plain_path(name: str | os.PathLike) -> bool:
@@ -77,9 +91,15 @@ def is_plain_path(name: str | os.PathLike) -> bool:
 
 @runtime_checkable
 class Source(Protocol):
-    """What the engine reads from. ``read`` is called from one thread at a time."""
+    """What the engine reads from. ``read`` is called from one thread at a time.
 
-    name: str                             # as given, for messages
+    ``spec`` is what :func:`open_source` turns into a source on the same data in
+    another thread or process (a GDAL name; an in-memory source is its own spec). A
+    source is a context manager; :func:`open_source` returns a source given to it
+    unchanged, and its owner closes it."""
+
+    spec: Any
+    name: str                             # for messages
     width: int
     height: int
     count: int
@@ -96,12 +116,13 @@ class Source(Protocol):
         """``(data (bands, h, w) float32, valid (h, w) bool)`` of ``rect`` inside the raster."""
 
     def read_decimated(self, bands: Sequence[int], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """The whole raster at a smaller size (nearest), for quick looks."""
-
-    def reopen(self) -> "Source":
-        """A source on the same data for another thread or process (picklable spec)."""
+        """The whole raster at a smaller size (nearest), for quick looks; validity as in ``read``."""
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> "Source": ...
+
+    def __exit__(self, *exc) -> None: ...
 
 
 def _float_invalid(data: np.ndarray) -> np.ndarray | None:
@@ -116,8 +137,9 @@ class RasterSource:
     def __init__(self, name: str | os.PathLike):
         self.spec = os.fspath(name)
         plain = is_plain_path(self.spec)
-        self.name = self.spec if len(self.spec) < 200 and "\n" not in self.spec else "a VRT given as XML text"
-        self.label = Path(self.spec).name if plain else self.name  # for messages
+        self.name = _label(self.spec) if not plain else self.spec
+        self.label = _label(self.spec)
+        self.ds = None
         if plain:
             p = Path(self.spec)
             if not p.exists():
@@ -126,19 +148,13 @@ class RasterSource:
                 raise RasterError(f"input is a directory, not a raster: {self.name}")
             if p.stat().st_size == 0:
                 raise RasterError(f"input is an empty (0-byte) file: {self.name}")
-        # An Env for the dataset's whole life routes GDAL's messages to logging (a bare
-        # read outside one prints raw "Warning 1: ..." lines on stderr). GDAL's error
-        # handlers are per thread: each reading thread opens its own source.
-        self._env = rasterio.Env()
-        self._env.__enter__()
         try:
-            self.ds = rasterio.open(self.spec)
+            with thread_env():
+                self.ds = rasterio.open(self.spec)
         except RasterioIOError as e:
-            self._env.__exit__(None, None, None)
             what = "cannot open" if plain else "GDAL cannot open"
             raise RasterError(f"{what} {self.name} as a raster: {one_line(e)}") from None
         except RasterioError as e:
-            self._env.__exit__(None, None, None)
             raise RasterError(f"cannot open {self.name}: {one_line(e)}") from None
         ds = self.ds
         if ds.count < 1 or ds.width < 1 or ds.height < 1:
@@ -157,11 +173,12 @@ class RasterSource:
     def read(self, bands: Sequence[int], rect: Rect, masked: bool) -> tuple[np.ndarray, np.ndarray]:
         win = to_window(rect)
         try:
-            data = self.ds.read(list(bands), window=win, out_dtype=np.float32)
-            if masked:
-                valid = np.any(self.ds.read_masks(list(bands), window=win) > 0, axis=0)
-            else:
-                valid = np.ones(data.shape[1:], bool)
+            with thread_env():
+                data = self.ds.read(list(bands), window=win, out_dtype=np.float32)
+                if masked:
+                    valid = np.any(self.ds.read_masks(list(bands), window=win) > 0, axis=0)
+                else:
+                    valid = np.ones(data.shape[1:], bool)
         except RasterioError as e:
             raise RasterError(f"cannot read {self.label} (truncated or corrupt?): {one_line(e)}") from None
         bad = _float_invalid(data) if masked else None
@@ -171,18 +188,15 @@ class RasterSource:
 
     def read_decimated(self, bands: Sequence[int], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         shape = (len(bands), height, width)
-        data = self.ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest, out_dtype="float32")
-        valid = np.all(self.ds.read_masks(list(bands), out_shape=shape, resampling=Resampling.nearest) > 0, axis=0)
-        return data, valid & np.all(np.isfinite(data), axis=0)
-
-    def reopen(self) -> "RasterSource":
-        return RasterSource(self.spec)
+        with thread_env():
+            data = self.ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest, out_dtype="float32")
+            m = self.ds.read_masks(list(bands), out_shape=shape, resampling=Resampling.nearest)
+        return data, np.any(m > 0, axis=0) & np.all(np.isfinite(data), axis=0)
 
     def close(self) -> None:
-        if getattr(self, "ds", None) is not None:
+        if self.ds is not None:
             self.ds.close()
             self.ds = None
-            self._env.__exit__(None, None, None)
 
     def __enter__(self) -> "RasterSource":
         return self
@@ -260,9 +274,6 @@ class ArraySource:
         raw = self.array[[b - 1 for b in bands]][:, rows, cols]
         return raw.astype(np.float32), self._valid(bands, raw)
 
-    def reopen(self) -> "ArraySource":
-        return self
-
     def close(self) -> None:
         pass
 
@@ -276,8 +287,8 @@ class ArraySource:
 def open_source(src: Any) -> Source:
     """A :class:`Source` for a GDAL name or path, a numpy array, or a source (as is).
 
-    The caller closes what this opens (``with open_source(x) as s:``); a source
-    passed in is returned unchanged (its owner closes it)."""
+    The caller closes what this opens; a source passed in is returned unchanged and
+    its owner closes it (see :func:`owned_source`)."""
     if isinstance(src, (RasterSource, ArraySource)):
         return src
     if isinstance(src, np.ndarray):
@@ -290,14 +301,37 @@ def open_source(src: Any) -> Source:
 
 
 @contextmanager
+def owned_source(src: Any) -> Iterator[Source]:
+    """``with owned_source(x) as s``: :func:`open_source`, closing only what it opened."""
+    s = open_source(src)
+    try:
+        yield s
+    finally:
+        if s is not src:
+            s.close()
+
+
+@contextmanager
 def open_raster(path: str | os.PathLike) -> Iterator[rasterio.io.DatasetReader]:
     """A rasterio dataset for reading (class rasters, truth, labels), with the same
-    one-line errors and GDAL names as :class:`RasterSource`."""
+    one-line errors and GDAL names as :class:`RasterSource`; GDAL's messages go to
+    logging while it is open (an Env nested in the caller's ``with``)."""
     s = RasterSource(path)
     try:
-        yield s.ds
+        with thread_env():
+            yield s.ds
     finally:
         s.close()
+
+
+def resolve_nodata(declared: float | None, option: float | None | str = "auto") -> float | None:
+    """The nodata value to honour: the raster's declared one for ``"auto"``, else the
+    option's (``None``: count every value; the S2 truth files wrongly declare 0).
+    An integral float becomes an int."""
+    nd = declared if option == "auto" else option
+    if isinstance(nd, float) and nd.is_integer():
+        nd = int(nd)
+    return nd
 
 
 def is_georeferenced(src) -> bool:
@@ -314,7 +348,7 @@ def resolve_bands(src: Source, spec: InputSpec, bands: Sequence[int | str] | Non
     n = src.count
     names = [d or "" for d in src.descriptions]
     want = spec.n_bands
-    label = Path(src.name).name if is_plain_path(src.name) else src.name
+    label = _label(src.name) if isinstance(src.name, str) else str(src.name)
     if bands:
         if len(bands) != want:
             raise RasterError(f"{len(bands)} bands chosen but the model expects {want} ({', '.join(spec.bands)})",

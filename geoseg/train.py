@@ -43,8 +43,12 @@ from .losses import make_confusion_metric, make_loss
 from .model import build_backbone_unet, build_unet, keras_module, load_keras_file, load_model, save_model
 from .predict import PredictOptions, predict_many
 from .progress import CancelFn, ProgressFn, Reporter
+from .unit import input_gain_bias
 
 __all__ = ["train", "WorkflowResult", "InitWeights", "load_init_weights", "copy_weights"]
+
+#: Files a run writes into ``train.model_dir`` beside the bundle and the backup.
+_RUN_FILES = frozenset({"config.toml", "history.csv", "best.keras", "training_curves.png"})
 
 _PALETTE = ["#000000", "#E6194B", "#3CB44B", "#FFE119", "#4363D8", "#F58231", "#911EB4", "#46F0F0",
             "#F032E6", "#BCF60C", "#FABEBE", "#008080", "#E6BEFF", "#9A6324", "#800000", "#AAFFC3"]
@@ -102,7 +106,7 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress: ProgressF
     # pass through the chips ends, so steps_per_epoch would not hold
     steps = t.steps_per_epoch or -(-len(train_pairs) // t.batch_size)
     reporter.total = t.epochs * steps
-    gain, bias = _gain_bias(spec)
+    gain, bias = input_gain_bias(spec)
     kw = dict(rule=rule, ignore=ignore, gain=gain, bias=bias, batch_size=t.batch_size, seed=t.seed,
               chip_hw=(m.image_height, m.image_width), pipeline=t.input_pipeline)
     ds_train = make_dataset(train_pairs, shuffle=True, augment=t.augment, endless=True, **kw)
@@ -111,6 +115,7 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress: ProgressF
     meta = _bundle_meta(cfg, bundle.stem, spec, multiple, bg)
 
     made = [q for q in (_missing_root(d) for d in _run_dirs(cfg, out_dir)) if q is not None]
+    existed = {n for n in _RUN_FILES if (out_dir / n).exists()}
     for d in _run_dirs(cfg, out_dir):
         d.mkdir(parents=True, exist_ok=True)
     try:
@@ -128,6 +133,8 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress: ProgressF
         save_model(bundle, net, meta)
     except BaseException:
         if not (out_dir / "backup").exists():  # nothing to resume: leave nothing behind
+            for n in _RUN_FILES - existed:
+                (out_dir / n).unlink(missing_ok=True)
             for d in made:
                 shutil.rmtree(d, ignore_errors=True)
         raise
@@ -199,13 +206,6 @@ def _input_scaling(cfg, init: "InitWeights | None", n_bands: int, dtype: np.dtyp
         return InputSpec(bands, tuple(s.offset), tuple(s.scale), tuple(s.mean), tuple(s.std))
     return InputSpec(bands, (float(t.offset),) * n_bands, (float(scale),) * n_bands,
                      tuple(float(v) for v in stats.mean), tuple(float(v) for v in stats.std))
-
-
-def _gain_bias(spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-    """``x = DN * gain + bias``, the input scaling of ``spec`` per band."""
-    off, sc = np.asarray(spec.offset), np.asarray(spec.scale)
-    mean, std = np.asarray(spec.mean), np.asarray(spec.std)
-    return (sc / std).astype(np.float32), ((off * sc - mean) / std).astype(np.float32)
 
 
 def _network(m, k: int, n_bands: int, init: "InitWeights | None", ignore: int, background: int | None,
@@ -300,7 +300,7 @@ def _callbacks(cfg, out_dir: Path, meta: ModelMeta, val_pairs, reporter: Reporte
         opts = PredictOptions(overlap=_overlap(cfg.tiledinfer.overlapping, meta.tile_size),
                               blend=cfg.tiledinfer.blend)
         out = t.epoch_change_tiledinfer_dir if tiled else t.epoch_change_infer_dir
-        cbs.append(epoch_preview_callback(images, out, meta, opts))
+        cbs.append(epoch_preview_callback(images, out, meta, opts, reporter.cancelled))
     cbs.append(progress_callback(reporter, steps))
     return cbs
 

@@ -32,8 +32,7 @@ import numpy as np
 
 from .bundle import InputSpec, ModelMeta
 from .errors import ConfigError, PixelSizeWarning
-from .output import CLASS_NODATA
-from .sources import Source, open_source, read_rect, resolve_bands
+from .sources import CLASS_NODATA, Source, is_georeferenced, owned_source, read_rect, resolve_bands
 from .windows import Grid, Unit, make_grid, validate_tiling
 
 __all__ = ["Forward", "BLENDS", "TTA_VIEWS", "PredictOptions", "Plan", "make_plan", "input_gain_bias",
@@ -159,7 +158,7 @@ def input_gain_bias(spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
     return (sc / std).astype(np.float32), ((off * sc - mean) / std).astype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Plan:
     """Everything fixed for one run over one source: pure data, picklable.
 
@@ -194,7 +193,7 @@ def make_plan(src: Source, meta: ModelMeta, options: PredictOptions) -> Plan:
     grid = make_grid(src.width, src.height, tile, overlap, options.block_size, align=meta.tile_multiple)
     gain, bias = input_gain_bias(meta.input)
     spec = meta.input
-    if spec.pixel_size and src.crs is not None and not src.transform.is_identity and src.crs.is_projected:
+    if spec.pixel_size and is_georeferenced(src) and src.crs.is_projected:
         res = math.sqrt(abs(src.transform.determinant))
         if abs(res / spec.pixel_size - 1) > 0.25:
             warnings.warn(f"input pixel size {res:g} differs from the model's {spec.pixel_size:g}; "
@@ -380,9 +379,7 @@ def process_task(plan: Plan, units: Sequence[Unit], forward: Forward, src: Sourc
     """Run one task of the schedule (see :meth:`Plan.tasks`) start to end: the pure unit
     of work of other executors. Opens the source itself unless one is given, so it can
     run wherever the input can be read. The results are exactly the local run's."""
-    own = src is None
-    src = open_source(plan.source) if own else src
-    try:
+    with owned_source(plan.source if src is None else src) as src:
         b = Batcher(plan.batch_size)
         out: list[UnitResult] = []
         for u in units:
@@ -394,6 +391,3 @@ def process_task(plan: Plan, units: Sequence[Unit], forward: Forward, src: Sourc
         out += b.done(plan)
         assert b.idle
         return out
-    finally:
-        if own:
-            src.close()

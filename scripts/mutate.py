@@ -125,7 +125,7 @@ M = [
 ]
 
 
-def run(m: Mutant, keep: bool = False) -> tuple[str, float]:
+def run(m: Mutant) -> tuple[str, float]:
     src = ROOT / "geoseg" / f"{m.module}.py"
     text = src.read_text()
     if text.count(m.old) != 1:

@@ -212,3 +212,20 @@ def test_geodesic_area_uses_the_crs_own_ellipsoid(make_geotiff):
     other, _ = wgs.polygon_area_perimeter([10, 11, 11, 10], [41, 41, 40, 40])
     assert got == pytest.approx(abs(want), rel=1e-7)
     assert abs(abs(other) / got - 1) > 1e-5  # the test can tell the two apart
+
+
+def test_class_names_from_a_rat_alone_or_a_qml_alone(make_geotiff, tmp_path):
+    """Names come from the geoseg tag, else a GDAL RAT, else a .qml beside the file."""
+    from geoseg.bundle import ClassInfo
+    from geoseg.output import write_qml, write_rat
+    classes = [ClassInfo(0, "land", "#00FF00"), ClassInfo(1, "lake", "#0000FF")]
+    data = np.array([[0, 1, 1], [1, 1, 0]], np.uint8)
+    rat_only = make_geotiff(data, name="rat.tif")
+    assert write_rat(rat_only, classes)
+    assert {r.class_id: r.class_name for r in class_areas(rat_only).rows} == {0: "land", 1: "lake"}
+    qml_only = make_geotiff(data, name="qml.tif")
+    write_qml(tmp_path / "qml.qml", classes)
+    assert not (tmp_path / "qml.tif.aux.xml").exists()
+    assert {r.class_id: r.class_name for r in class_areas(qml_only).rows} == {0: "land", 1: "lake"}
+    bare = make_geotiff(data, name="bare.tif")
+    assert {r.class_id: r.class_name for r in class_areas(bare).rows} == {0: "class_0", 1: "class_1"}

@@ -217,6 +217,13 @@ def test_model_ref_pickles_and_loads_once_per_process(tiny_bundle, rgb_byte, tmp
     predict_many(srcs, out, tiny_bundle, PredictOptions(tta="flip"))
     assert LOADS["count"] - before == 1
     assert len(list(out.glob("*_classes.tif"))) == 3
+    # a reference is a model too; its augmentation must be the run's
+    predict_raster(srcs[0], tmp_path / "ref.tif", ref, PredictOptions(tta="flip"))
+    assert sha(tmp_path / "ref.tif") == sha(out / "in0_classes.tif")
+    from geoseg.errors import ConfigError
+    with pytest.raises(ConfigError, match="test-time augmentation"):
+        predict_raster(srcs[0], tmp_path / "ref2.tif", ref, PredictOptions(tta="none"))
+    assert LOADS["count"] - before == 1
 
 
 # ------------------------------------------------------------------ cancel everywhere

@@ -544,3 +544,46 @@ def test_predict_areas_on_a_geographic_grid_equal_areas_of_the_written_file(make
     for cid in (0, 1):
         assert res.areas.by_class()[cid].pixels == again.by_class()[cid].pixels
         assert res.areas.by_class()[cid].area_m2 == pytest.approx(again.by_class()[cid].area_m2, rel=1e-12)
+
+
+def test_seam_free_on_the_pooling_lattice(make_geotiff, tmp_path):
+    """A stand-in that is not shift-invariant (2x2 average pooling on the lattice, then a
+    3x3 box, receptive field within overlap/2) gives exactly the one-window result when
+    tiled with crop blending — only if every window starts on the pooling lattice."""
+    rng = np.random.default_rng(11)
+    data = rng.random((3, 130, 203)).astype(np.float32)
+    path = make_geotiff(data)
+
+    def pooled(x):
+        n, h, w, _ = x.shape
+        a = x[..., 0].reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+        a = np.repeat(np.repeat(a, 2, axis=1), 2, axis=2)
+        p = np.pad(a, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        m = sum(p[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
+        q = 1.0 / (1.0 + np.exp(-(m - 0.5) * 40.0))
+        return np.stack([1 - q, q], -1).astype(np.float32)
+
+    meta = make_meta(n_bands=3, tile=32, overlap=12, multiple=2)
+    tiled = tmp_path / "tiled.tif"
+    predict_raster(path, tiled, LoadedModel(meta, None), PredictOptions(block_size=48), forward=pooled)
+    whole = pooled(np.moveaxis(np.pad(data, ((0, 0), (0, 0), (0, 1)), mode="reflect"), 0, -1)[None])[0]
+    expect = np.argmax(whole, -1)[:, :203]
+    with rasterio.open(tiled) as o:
+        got = o.read(1)
+    assert np.array_equal(got, expect)
+
+
+def test_a_failed_overwrite_leaves_the_old_outputs_untouched(make_geotiff, tmp_path, fake_model):
+    path = make_geotiff(np.random.default_rng(0).random((3, 50, 60)).astype(np.float32))
+    m, fwd = fake_model
+    out, csv = tmp_path / "o.tif", tmp_path / "o.csv"
+    predict_raster(path, out, m, forward=fwd, areas_path=csv, confidence_path=tmp_path / "c.tif")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def broken(x):
+        raise RuntimeError("the model failed")
+
+    with pytest.raises(RuntimeError, match="the model failed"):
+        predict_raster(path, out, m, forward=broken, areas_path=csv, confidence_path=tmp_path / "c.tif",
+                       overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

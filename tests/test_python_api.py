@@ -19,9 +19,11 @@ def test_readme_python_api_examples_run(tmp_path, monkeypatch, capsys):
     blocks = _api_blocks()
     assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)
-    ns: dict = {}
-    for code in blocks:
-        exec(compile(code, str(README), "exec"), ns)  # noqa: S102 - the README's own examples
+    spaces = []
+    for code in blocks:  # each example on its own, as a reader would paste it
+        spaces.append({})
+        exec(compile(code, str(README), "exec"), spaces[-1])  # noqa: S102 - the README's own examples
+    ns = {k: v for space in spaces for k, v in space.items()}
     out = capsys.readouterr().out
     assert "water:" in out and "ha" in out and "(545, 625) uint8" in out
     with rasterio.open(tmp_path / "water.tif") as a, rasterio.open(tmp_path / "water_from_array.tif") as b:

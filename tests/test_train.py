@@ -44,12 +44,21 @@ def chips(tmp_path_factory):
     return d
 
 
-def test_tiny_training_run_gives_a_bundle_predict_loads(chips, tmp_path):
+@pytest.fixture(scope="module")
+def trained(chips):
+    """The tiny training run through the CLI, once per module (tests using its bundle do
+    not depend on test order)."""
     cfg_path = chips / "water.toml"
     cfg_path.write_text(CONFIG.format(d=chips))
-    r = CliRunner()
-    res = r.invoke(cli, ["train", str(cfg_path)], catch_exceptions=False)
+    res = CliRunner().invoke(cli, ["train", str(cfg_path)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
+    return chips
+
+
+def test_tiny_training_run_gives_a_bundle_predict_loads(trained, tmp_path):
+    chips = trained
+    cfg_path = chips / "water.toml"
+    r = CliRunner()
     model_dir = chips / "model"
     for name in ("model.geoseg", "best.keras", "history.csv", "training_curves.png", "config.toml"):
         assert (model_dir / name).exists(), name
@@ -203,19 +212,17 @@ def test_bad_training_configs(chips, edit, match):
         train(load_config(p), verbose=0)
 
 
-def test_evaluate_test_chips_equals_manual(chips):
+def test_evaluate_test_chips_equals_manual(trained):
     from geoseg.evaluate import confusion_matrix, evaluate_chips
     from geoseg.model import load_model
-    bundle = chips / "model" / "model.geoseg"
-    if not bundle.exists():
-        pytest.skip("needs the bundle of test_tiny_training_run_gives_a_bundle_predict_loads")
-    lm = load_model(bundle)
+    chips = trained
+    lm = load_model(chips / "model" / "model.geoseg")
     s = evaluate_chips(lm, chips / "chips" / "test" / "images", chips / "chips" / "test" / "masks")
     spec = lm.meta.input
     conf = np.zeros((2, 2), np.int64)
     for ip, mp in list_chips(chips / "chips" / "test" / "images", chips / "chips" / "test" / "masks"):
         with rasterio.open(ip) as a, rasterio.open(mp) as b:
-            x = (a.read().astype(np.float64) * np.array(spec.scale)[:, None, None]
+            x = ((a.read().astype(np.float64) + np.array(spec.offset)[:, None, None]) * np.array(spec.scale)[:, None, None]
                  - np.array(spec.mean)[:, None, None]) / np.array(spec.std)[:, None, None]
             y = b.read(1)
         p = np.asarray(lm.keras_model(np.moveaxis(x, 0, -1)[None].astype(np.float32)))[0].argmax(-1)
