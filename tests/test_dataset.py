@@ -40,6 +40,9 @@ def test_split_by_source_is_deterministic_and_exclusive():
     assert a != assign_splits(sources, TileOptions(seed=2))
     b = assign_splits(["Tile 1/a.jpg", "Tile 7/b.jpg", "Tile 7/c.jpg"], TileOptions(valid_sources=("Tile 7/*",)))
     assert b == {"Tile 1/a.jpg": "train", "Tile 7/b.jpg": "valid", "Tile 7/c.jpg": "valid"}
+    c = assign_splits(["Tile 1/a.jpg", "Tile 7/b.jpg", "Tile 8/c.jpg"],
+                      TileOptions(valid_sources=("Tile 7/*",), test_sources=("Tile 8/*",)))
+    assert c == {"Tile 1/a.jpg": "train", "Tile 7/b.jpg": "valid", "Tile 8/c.jpg": "test"}
 
 
 def test_tile_big_raster_pair(tmp_path):

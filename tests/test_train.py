@@ -236,6 +236,17 @@ def test_binarized_grey_masks(tmp_path, make_geotiff):
     msk = make_geotiff(grey, name="m.tif")
     _, y = read_chip(str(img), str(msk), MaskRule.binarize(128, False), 255)
     assert y.tolist()[0] == [0, 0, 1, 1]
+    # grayscaling: an RGB mask is made grey (0.299 R + 0.587 G + 0.114 B) before the threshold
+    rgb = np.zeros((3, 1, 3), np.uint8)
+    rgb[:, 0, 0] = (255, 0, 0)      # grey 76: below
+    rgb[:, 0, 1] = (0, 255, 0)      # grey 150: above
+    rgb[:, 0, 2] = (200, 100, 50)   # grey 124.2: below
+    msk3 = make_geotiff(rgb, name="m3.tif")
+    img3 = make_geotiff(np.ones((3, 1, 3), np.uint8), name="i3.tif")
+    _, y3 = read_chip(str(img3), str(msk3), MaskRule.binarize(128, True), 255)
+    assert y3.tolist() == [[0, 1, 0]]
+    _, y4 = read_chip(str(img3), str(msk3), MaskRule.binarize(128, False), 255)
+    assert y4.tolist() == [[1, 0, 1]]  # without grayscaling: the first band (red) is the grey level
 
 
 @pytest.mark.parametrize("text,match", [
@@ -484,3 +495,88 @@ mask_datapath = "{tmp_path}/valid/masks"
     res = CliRunner().invoke(cli, ["train", str(cfg)])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert res.output.strip().splitlines()[-1].startswith("Error: cannot read chip: ")
+
+
+SEPARABLE = """[model]
+image_width = 32
+image_height = 32
+image_channels = 1
+num_classes = 2
+base_filters = 4
+num_layers = 2
+loss = "categorical_crossentropy"
+learning_rate = 0.01
+
+[train]
+epochs = 4
+steps_per_epoch = 10
+batch_size = 8
+patience = 0
+model_dir = "{d}/model"
+image_datapath = "{d}/chips/train/images"
+mask_datapath = "{d}/chips/train/masks"
+
+[eval]
+image_datapath = "{d}/chips/valid/images"
+mask_datapath = "{d}/chips/valid/masks"
+"""
+
+
+def test_training_learns_a_trivially_separable_set(tmp_path, make_geotiff):
+    """Class 1 exactly where the one band is bright: a few dozen steps must learn it
+    (validation IoU of class 1 > 0.9), and the recorded scaling equals numpy's
+    statistics of the training chips."""
+    from geoseg.model import load_model
+    from geoseg.train import train
+    rng = np.random.default_rng(0)
+    label = (rng.random((24, 24)) > 0.5).repeat(8, 0).repeat(8, 1).astype(np.uint8)  # 192 x 192 blobs
+    image = (label * 120 + 60 + rng.integers(0, 20, label.shape)).astype(np.uint8)
+    img = make_geotiff(image, name="img.tif")
+    lab = make_geotiff(label, name="lab.tif")
+    tile_rasters([(img, lab)], tmp_path / "chips", TileOptions(chip=32, regions=3, seed=1), label_nodata=None)
+    cfg = tmp_path / "sep.toml"
+    cfg.write_text(SEPARABLE.format(d=tmp_path))
+    res = train(load_config(cfg), verbose=0)
+    assert res.val_scores.iou[1] > 0.9, res.val_scores.iou
+    meta = load_model(res.bundle).meta
+    chips = [read_chip(i, m, MaskRule.indexes(), 255)[0] for i, m in
+             list_chips(tmp_path / "chips" / "train" / "images", tmp_path / "chips" / "train" / "masks")]
+    x = np.stack(chips).astype(np.float64) * meta.input.scale[0]  # 8-bit chips: scale 1/255
+    assert meta.input.scale[0] == pytest.approx(1 / 255)
+    assert meta.input.mean[0] == pytest.approx(x.mean(), rel=1e-9)
+    assert meta.input.std[0] == pytest.approx(x.std(), rel=1e-6)
+
+
+def test_config_keys_reach_training(chips, tmp_path, monkeypatch):
+    """The keys the README says are used reach Keras: early stopping and LR reducer
+    patience/factor, the monitored metric (the last of train.metrics), clipvalue and the
+    epochs (checked on what train hands to fit, which is stopped there)."""
+    from geoseg.model import keras_module
+    from geoseg.train import train
+    keras = keras_module()
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_fit(self, *args, **kwargs):
+        seen["kwargs"] = kwargs
+        seen["clip"] = self.optimizer.clipvalue
+        raise Stop
+
+    monkeypatch.setattr(keras.Model, "fit", fake_fit)
+    p = tmp_path / "keys.toml"
+    p.write_text(water_config("""epochs = 7
+patience = 3
+reducer_factor = 0.3
+reducer_patience = 2
+metrics = ["iou", "val_loss"]
+model_dir = "{d}/keys_model"
+""").format(d=chips).replace("learning_rate = 0.003", "learning_rate = 0.003\nclipvalue = 0.5"))
+    with pytest.raises(Stop):
+        train(load_config(p), verbose=0)
+    cbs = {type(c).__name__: c for c in seen["kwargs"]["callbacks"]}
+    assert seen["kwargs"]["epochs"] == 7 and seen["clip"] == 0.5
+    assert cbs["EarlyStopping"].patience == 3 and cbs["EarlyStopping"].monitor == "val_loss"
+    assert cbs["ReduceLROnPlateau"].factor == 0.3 and cbs["ReduceLROnPlateau"].patience == 2
+    assert cbs["ReduceLROnPlateau"].monitor == "val_loss"
