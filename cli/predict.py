@@ -42,7 +42,7 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
       geoseg predict water.geoseg stack.tif water.tif --bands 2,3,4,8,11,12
       geoseg predict water.geoseg scenes/*.tif results/ --areas --cog
     """
-    from geoseg.areas import format_table
+    from geoseg.errors import BatchError
     from geoseg.predict import PredictOptions, predict_many, predict_raster, sidecar_paths
 
     if len(inputs) < 2:
@@ -54,14 +54,25 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
     out_p = Path(out)
     if len(srcs) > 1 and not out_p.is_dir():
         raise click.ClickException(f"with several inputs the output must be an existing directory: {out}")
+    failed = None
     with progress_bar("segmenting", quiet) as cb:
         if out_p.is_dir():
-            results = predict_many(srcs, out_p, model, opts, areas=areas, confidence=confidence,
-                                   preview=preview, overwrite=overwrite, cog=cog,
-                                   progress_for=lambda p: cb)
+            try:
+                results = predict_many(srcs, out_p, model, opts, areas=areas, confidence=confidence,
+                                       preview=preview, overwrite=overwrite, cog=cog,
+                                       progress_for=lambda p: cb)
+            except BatchError as e:  # the others were written: report them, then the failures
+                results, failed = e.results, e
         else:
             results = [predict_raster(srcs[0], out_p, model, opts, overwrite=overwrite, cog=cog, progress=cb,
                                       **sidecar_paths(out_p, areas, confidence, preview))]
+    _report(results, areas, quiet)
+    if failed is not None:
+        raise failed  # one line: which inputs failed and why
+
+
+def _report(results, areas: bool, quiet: bool) -> None:
+    from geoseg.areas import format_table
     if not quiet:
         for r in results:
             mpx = r.width * r.height / 1e6

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import zipfile
@@ -35,6 +36,9 @@ FORMAT_VERSION = 1
 META_NAME = "geoseg.json"
 MODEL_NAME = "model.keras"
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
+#: The largest window a bundle may recommend (a 8192² window of 4 bytes x 64 channels
+#: is already 16 GB of activations: no machine geoseg runs on could use more).
+MAX_TILE = 8192
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,10 @@ def _floats(d: dict, key: str, n: int, default: float | None, where: str) -> tup
     if not isinstance(val, list) or len(val) != n or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in val):
         raise ModelError(f"{where}: 'input.{key}' must be a list of {n} numbers (one per band)")
-    return tuple(float(v) for v in val)
+    out = tuple(float(v) for v in val)
+    if not all(math.isfinite(v) for v in out):
+        raise ModelError(f"{where}: 'input.{key}' holds a value that is not a finite number: {list(val)}")
+    return out
 
 
 def _parse_meta(d: Any, where: str) -> ModelMeta:
@@ -157,11 +164,13 @@ def _parse_meta(d: Any, where: str) -> ModelMeta:
     std = _floats(inp, "std", n, 1.0, where)
     if any(s <= 0 for s in std):
         raise ModelError(f"{where}: 'input.std' must be positive")
+    if any(v == 0 for v in _floats(inp, "scale", n, 1.0, where)):
+        raise ModelError(f"{where}: 'input.scale' must not be 0 (every input would look the same)")
     rgb = inp.get("rgb")
     if rgb is not None and (not isinstance(rgb, list) or len(rgb) != 3 or any(b not in bands for b in rgb)):
         raise ModelError(f"{where}: 'input.rgb' must name 3 of the input bands")
     px = inp.get("pixel_size")
-    if px is not None and (not isinstance(px, (int, float)) or isinstance(px, bool) or px <= 0):
+    if px is not None and (not isinstance(px, (int, float)) or isinstance(px, bool) or not 0 < px < math.inf):
         raise ModelError(f"{where}: 'input.pixel_size' must be a positive number")
     spec = InputSpec(tuple(bands), _floats(inp, "offset", n, 0.0, where), _floats(inp, "scale", n, 1.0, where),
                      _floats(inp, "mean", n, 0.0, where), std, float(px) if px is not None else None,
@@ -171,8 +180,9 @@ def _parse_meta(d: Any, where: str) -> ModelMeta:
     multiple = d.get("tile_multiple", 1)
     if not isinstance(multiple, int) or multiple < 1:
         raise ModelError(f"{where}: 'tile_multiple' must be a positive integer")
-    if tile < 16 or tile % multiple or not 0 <= 2 * overlap < tile:
-        raise ModelError(f"{where}: invalid tile_size/overlap ({tile}/{overlap})")
+    if not 16 <= tile <= MAX_TILE or tile % multiple or not 0 <= 2 * overlap < tile:
+        raise ModelError(f"{where}: invalid 'tile_size'/'overlap' ({tile}/{overlap}): the tile must be 16..{MAX_TILE} "
+                         f"px and a multiple of {multiple}, the overlap under half of it")
     head = d.get("head", "softmax")
     if head not in ("softmax", "sigmoid"):
         raise ModelError(f"{where}: 'head' must be 'softmax' or 'sigmoid'")

@@ -52,6 +52,18 @@ class Cancelled(GeosegError):
     """The run was cancelled through the progress callback."""
 
 
+class BatchError(GeosegError):
+    """Some inputs of a run over several failed; the others were written.
+
+    ``results`` holds what succeeded, ``failures`` (input, error) pairs."""
+
+    def __init__(self, results: list, failures: list) -> None:
+        names = "; ".join(f"{getattr(p, 'name', p)}: {e}" for p, e in failures)
+        super().__init__(f"{len(failures)} of {len(results) + len(failures)} inputs failed ({names})")
+        self.results = results
+        self.failures = failures
+
+
 class GeosegWarning(UserWarning):
     """Root of geoseg warnings."""
 
@@ -64,8 +76,16 @@ class UnusedKeyWarning(GeosegWarning):
     """A configuration key is read (for compatibility) but has no effect."""
 
 
+class NoValidDataWarning(GeosegWarning):
+    """A result is empty for a reason the user would want to know (no valid input pixel)."""
+
+
 class PixelSizeWarning(GeosegWarning):
     """The input pixel size differs from the one the model was trained at."""
+
+
+class SplitWarning(GeosegWarning):
+    """A class of the chips is missing from one of the train/valid/test splits."""
 
 
 def one_line(e: BaseException) -> str:

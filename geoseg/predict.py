@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,7 +28,7 @@ import numpy as np
 
 from .areas import AreaTable, pixel_areas, write_areas_csv
 from .bundle import ModelMeta, read_metadata
-from .errors import ConfigError, RasterError
+from .errors import BatchError, Cancelled, ConfigError, GeosegError, NoValidDataWarning, RasterError
 from .output import ClassRasterWriter, check_output_path
 from .pipeline import run_plan
 from .progress import CancelFn, ProgressFn, Reporter
@@ -151,6 +152,10 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
             stats = run_plan(plan, fwd, sink.write, reporter, options.prefetch)
             sink.finish()
             table = sink.table()
+            if stats.windows_run == 0:
+                note = "no valid input pixel: every pixel is nodata (255) and no class was counted"
+                table.notes.append(note)
+                warnings.warn(f"{getattr(source, 'label', source.name)}: {note}", NoValidDataWarning, stacklevel=2)
             if areas_path is not None:
                 write_areas_csv(table, sink.scratch(resolved["areas CSV"], ".csv"))
             if preview_path is not None:
@@ -190,7 +195,10 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
     outputs); the model is loaded and compiled once (per process, by its bundle).
 
     Every target is checked before the first run, so a name clash or an existing
-    output is reported before hours of work.
+    output is reported before hours of work. An input that fails (not a raster, other
+    bands...) leaves no output and does not stop the others: at the end a
+    :class:`~geoseg.errors.BatchError` lists what failed and holds the results of
+    what did not.
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
@@ -209,10 +217,18 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
         from .model import ModelRef  # noqa: PLC0415
         model = ModelRef.of(model, options.tta)  # hashed and compiled once for all inputs
     results = []
+    failures: list[tuple[Path, GeosegError]] = []
     for p, dst, side in jobs:
         cb = progress_for(Path(p)) if progress_for else None
-        results.append(predict_raster(p, dst, model, options, overwrite=overwrite, cog=cog, forward=forward,
-                                      progress=cb, is_cancelled=is_cancelled, **side))
+        try:
+            results.append(predict_raster(p, dst, model, options, overwrite=overwrite, cog=cog, forward=forward,
+                                          progress=cb, is_cancelled=is_cancelled, **side))
+        except Cancelled:
+            raise
+        except GeosegError as e:  # this input is bad: report it, segment the others
+            failures.append((Path(p), e))
+    if failures:
+        raise BatchError(results, failures)
     return results
 
 

@@ -166,7 +166,9 @@ class RasterSource:
         self.crs, self.transform, self.nodatavals = ds.crs, ds.transform, tuple(ds.nodatavals)
 
     def has_masks(self, bands: Sequence[int]) -> bool:
-        if any(self.ds.mask_flag_enums[b - 1] != [MaskFlags.all_valid] for b in bands):
+        with thread_env():  # GDAL reads the mask's directory here
+            flags = self.ds.mask_flag_enums
+        if any(flags[b - 1] != [MaskFlags.all_valid] for b in bands):
             return True
         return any(np.issubdtype(np.dtype(self.dtypes[b - 1]), np.floating) for b in bands)
 

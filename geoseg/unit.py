@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from .bundle import InputSpec, ModelMeta
-from .errors import ConfigError, PixelSizeWarning
+from .errors import ConfigError, PixelSizeWarning, RasterError
 from .sources import CLASS_NODATA, Source, is_georeferenced, owned_source, read_rect, resolve_bands
 from .windows import Grid, Unit, make_grid, validate_tiling
 
@@ -190,6 +190,10 @@ def make_plan(src: Source, meta: ModelMeta, options: PredictOptions) -> Plan:
     overlap = meta.overlap if options.overlap is None else options.overlap
     validate_tiling(tile, overlap, meta.tile_multiple)
     bands = resolve_bands(src, meta.input, options.bands)
+    for b in bands:
+        dt = np.dtype(src.dtypes[b - 1])
+        if not (np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating) or dt == np.bool_):
+            raise RasterError(f"band {b} of {src.name} holds {dt} values; a model takes real numbers")
     grid = make_grid(src.width, src.height, tile, overlap, options.block_size, align=meta.tile_multiple)
     gain, bias = input_gain_bias(meta.input)
     spec = meta.input

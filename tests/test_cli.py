@@ -81,6 +81,15 @@ def test_predict_many_into_directory(runner, tiny_bundle, rgb_byte, tmp_path):
          "b_classes.tif", "b_classes.qml", "b_classes.tif.aux.xml", "b_classes_areas.csv"])
     res = invoke(runner, "predict", tiny_bundle, a, b, tmp_path / "nodir")
     assert_clean_error(res, "existing directory")
+    # a bad input among several: reported, the others written, exit 1, nothing of it left
+    bad = tmp_path / "bad.tif"
+    bad.write_text("not a raster")
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    res = invoke(runner, "predict", tiny_bundle, a, bad, b, out2)
+    assert_clean_error(res, "1 of 3 inputs failed (bad.tif: cannot open")
+    assert sorted(p.name for p in out2.iterdir() if p.suffix == ".tif") == ["a_classes.tif", "b_classes.tif"]
+    assert not any(p.name.startswith((".bad", "bad")) for p in out2.iterdir())
 
 
 def test_areas_options(runner, make_geotiff, tmp_path):

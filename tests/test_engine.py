@@ -341,3 +341,15 @@ def test_tta_choices_and_threshold_stand_in_still_agree(make_geotiff, tmp_path):
             outs.append(o.read(1))
     assert np.array_equal(*outs)
     assert from_origin  # used by fixtures
+
+
+def test_no_raw_gdal_messages_on_stderr(tmp_path, capfd):
+    """GDAL's own warnings (the bundled scene has an odd photometric tag) go to logging,
+    never as raw "Warning 1:" lines on the terminal: every GDAL call runs in an Env."""
+    from geoseg.demo import SCENE
+    meta = make_meta(n_bands=6, tile=64, overlap=8)
+    predict_raster(SCENE, tmp_path / "o.tif", LoadedModel(meta, None), forward=threshold_forward(),
+                   preview_path=tmp_path / "p.png", areas_path=tmp_path / "a.csv")
+    class_areas(tmp_path / "o.tif")
+    err = capfd.readouterr().err
+    assert "Warning 1" not in err and "ERROR 1" not in err, err

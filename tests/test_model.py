@@ -171,3 +171,24 @@ def test_tiny_bundle_fixture_is_informative(tiny_bundle, rgb_byte, tmp_path):
     share = (outs["none"][valid] == 1).mean()
     assert 0.05 < share < 0.95, share
     assert (outs["none"][valid] != outs["flip"][valid]).mean() > 0.01
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("std", [float("nan"), 1.0, 1.0], "input.std' holds a value that is not a finite number"),
+    ("scale", [1.0, float("inf"), 1.0], "input.scale' holds a value that is not a finite number"),
+    ("scale", [0.0, 1.0, 1.0], "'input.scale' must not be 0"),
+    ("mean", [0.0, float("-inf"), 0.0], "input.mean' holds a value"),
+    ("std", [1.0, -2.0, 1.0], "'input.std' must be positive"),
+    ("tile_size", 1 << 20, "invalid 'tile_size'/'overlap'"),
+    ("overlap", 16, "invalid 'tile_size'/'overlap'"),
+    ("pixel_size", float("inf"), "pixel_size"),
+])
+def test_bundle_numbers_are_validated(tiny_bundle, tmp_path, field, value, words):
+    """Metadata is checked as numbers, not only as types: the error names the field."""
+    meta = json.loads(zipfile.ZipFile(tiny_bundle).read(META_NAME))
+    if field in ("tile_size", "overlap"):
+        meta[field] = value
+    else:
+        meta["input"][field] = value
+    with pytest.raises(ModelError, match=words.replace("(", r"\(")):
+        read_metadata(_rewrite(tiny_bundle, tmp_path / "bad.geoseg", meta=meta))

@@ -112,8 +112,11 @@ def test_all_nodata_raster_runs_no_model(make_geotiff, tmp_path, fake_model):
         return threshold_forward()(x)
 
     src = make_geotiff(np.full((3, 50, 70), -1, np.float32), nodata=-1)
-    r = run(src, tmp_path / "o.tif", model, fwd, areas_path=tmp_path / "a.csv")
+    from geoseg.errors import NoValidDataWarning
+    with pytest.warns(NoValidDataWarning, match="no valid input pixel"):
+        r = run(src, tmp_path / "o.tif", model, fwd, areas_path=tmp_path / "a.csv")
     assert calls == [] and r.n_windows_run == 0 and r.counts == {}
+    assert any("no valid input pixel" in n for n in r.areas.notes)
     with rasterio.open(r.output) as ds:
         assert (ds.read(1) == 255).all()
     lines = (tmp_path / "a.csv").read_text().splitlines()
@@ -587,3 +590,11 @@ def test_a_failed_overwrite_leaves_the_old_outputs_untouched(make_geotiff, tmp_p
         predict_raster(path, out, m, forward=broken, areas_path=csv, confidence_path=tmp_path / "c.tif",
                        overwrite=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_complex_input_is_refused(make_geotiff, tmp_path, fake_model):
+    path = make_geotiff(np.ones((3, 20, 20), np.complex64), name="c.tif")
+    m, fwd = fake_model
+    with pytest.raises(RasterError, match="complex64 values; a model takes real numbers"):
+        predict_raster(path, tmp_path / "o.tif", m, forward=fwd)
+    assert not (tmp_path / "o.tif").exists()
