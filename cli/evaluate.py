@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .options import INT_LIST, NODATA, bands_opt, overwrite_opt, rgb_map_opt, tta_opt
+from .options import (INT_LIST, NODATA, bands_opt, input_offset_opt, input_scale_opt, overwrite_opt, rgb_map_opt,
+                      src_nodata_opt, tta_opt)
 from .progress import progress_bar
 
 
@@ -27,10 +28,13 @@ from .progress import progress_bar
 @rgb_map_opt
 @bands_opt
 @tta_opt
+@input_scale_opt
+@input_offset_opt
+@src_nodata_opt
 @overwrite_opt
 @click.pass_context
 def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, background, rgb_map, bands,
-             tta, overwrite):
+             tta, input_scale, input_offset, src_nodata, overwrite):
     """Confusion matrix, per-class IoU, Dice/F1, precision and recall, overall
     accuracy, and mean IoU / mean Dice excluding the background class.
 
@@ -65,11 +69,13 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
         with progress_bar("evaluating", quiet) as cb:
             scores = evaluate_chips(model_path, prediction, truth, rgb_map=colours,
                                     ignore_index=255 if cfg_ignore is None else cfg_ignore, ignore=ignore,
-                                    options=PredictOptions(bands=bands, tta=tta), background=model_background,
+                                    options=PredictOptions(bands=bands, tta=tta, input_scale=input_scale, input_offset=input_offset,
+                                                   src_nodata=src_nodata), background=model_background,
                                     progress=cb)
     elif model_path:
         with progress_bar("segmenting", quiet) as cb:
-            scores = evaluate_model_on_raster(model_path, prediction, truth, PredictOptions(bands=bands, tta=tta),
+            scores = evaluate_model_on_raster(model_path, prediction, truth, PredictOptions(bands=bands, tta=tta, input_scale=input_scale, input_offset=input_offset,
+                                                   src_nodata=src_nodata),
                                               truth_nodata, ignore, background=model_background, progress=cb)
     else:
         with open_raster(prediction) as p:

@@ -11,6 +11,8 @@ Shared options and the commands that use them:
 - ``tta_opt``         ``--tta``          predict, evaluate  (choices: ``geoseg.unit.TTA_VIEWS``)
 - ``bands_opt``       ``--bands``        predict, evaluate  (type ``BANDS``)
 - ``rgb_map_opt``     ``--rgb-map``      evaluate, tile     (type ``RGB_MAP``)
+- ``input_scale_opt``, ``input_offset_opt``, ``src_nodata_opt``   ``--input-scale``,
+  ``--input-offset``, ``--src-nodata``   predict, evaluate   (type ``NUMBERS``)
 
 Parameter types (a bad value is click's one-line "Invalid value for '--x': ...",
 exit code 2):
@@ -23,6 +25,8 @@ exit code 2):
   areas --class-names
 - ``INT_LIST``     ``5`` or ``0,9`` -> ``tuple[int, ...]``                      evaluate --ignore
 - ``FRACTIONS``    three fractions summing to 1 -> ``tuple[float, float, float]``  tile --split
+- ``NUMBERS``      ``-1000`` or ``1e-4,1e-4,...`` -> a float or a tuple            --input-scale,
+  --input-offset, --src-nodata
 
 Each type's ``convert`` also accepts an already converted value, as click requires.
 """
@@ -214,7 +218,26 @@ class FractionsParamType(click.ParamType):
         return vals  # type: ignore[return-value]
 
 
+class NumbersParamType(click.ParamType):
+    """``-1000`` or ``0.0001,0.0001,...`` (one finite number, or one per model band) ->
+    a ``float`` or ``tuple[float, ...]``."""
+
+    name = "numbers"
+
+    def convert(self, value: Any, param, ctx) -> float | tuple[float, ...]:
+        if isinstance(value, (float, tuple)):
+            return value
+        try:
+            vals = tuple(float(t) for t in str(value).split(","))
+        except ValueError:
+            self.fail(f"expected a number or comma-separated numbers, got {value!r}", param, ctx)
+        if not all(math.isfinite(v) for v in vals):
+            self.fail(f"numbers must be finite, got {value!r}", param, ctx)
+        return vals[0] if len(vals) == 1 else vals
+
+
 BANDS = BandsParamType()
+NUMBERS = NumbersParamType()
 NODATA = NodataParamType()
 RGB_MAP = RgbMapParamType()
 CLASS_NAMES = ClassNamesParamType()
@@ -240,6 +263,16 @@ tta_opt = click.option("--tta", type=click.Choice(list(TTA_VIEWS)), default="non
                        help="Test-time augmentation: average the probabilities of flipped and rotated views of "
                             "each window (model passes per window: "
                             + ", ".join(f"{k} {len(v)}" for k, v in TTA_VIEWS.items()) + ").")
+input_scale_opt = click.option("--input-scale", type=NUMBERS, default=None, metavar="S|S1,S2,..",
+                                help="The input's DN -> physical units: (DN + input offset) x S, one value or one per "
+                                     "model band [default: what the input states (product metadata, GDAL "
+                                     "scale/offset), else the model's convention].")
+input_offset_opt = click.option("--input-offset", type=NUMBERS, default=None, metavar="O|O1,O2,..",
+                                 help="Added to the DN before the scale, e.g. -1000 for a Sentinel-2 product of "
+                                      "processing baseline >= 04.00 that lost its metadata.")
+src_nodata_opt = click.option("--src-nodata", type=NUMBERS, default=None, metavar="V|V1,V2,..",
+                               help="Input nodata value(s), one or one per model band (a pixel is nodata where all "
+                                    "its bands hold it); overrides the input's own.")
 rgb_map_opt = click.option("--rgb-map", type=RGB_MAP, default=None, metavar="SPEC",
                            help="Colour masks -> classes: '#3C1098=0,#8429F6=1' or a config file with "
                                 "[mask] rgb_map (and its ignore_index).")

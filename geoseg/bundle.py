@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .bands import is_sentinel2_band
 from .errors import ModelError
 from .files import write_atomic
 
@@ -54,7 +55,15 @@ class ClassInfo:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the network expects: ``x = ((DN + offset) * scale - mean) / std`` per band."""
+    """What the network expects: ``x = ((DN + offset) * scale - mean) / std`` per band.
+
+    ``offset``/``scale`` are the convention of the training data (its DN to the
+    physical quantity); ``units`` names that quantity (``"reflectance"``: surface or
+    top-of-atmosphere reflectance 0-1) and ``level`` the product level (``"L2A"``,
+    ``"L1C"``). When the physical units are known, an input that states its own
+    conversion (Sentinel-2 product metadata, STAC, GDAL scale/offset, options) is
+    converted with it instead: radiometry belongs to the input.
+    """
 
     bands: tuple[str, ...]
     offset: tuple[float, ...]
@@ -64,6 +73,18 @@ class InputSpec:
     pixel_size: float | None = None
     rgb: tuple[str, ...] | None = None  # band names for quick-look previews
     description: str = ""
+    units: str = ""                     # physical quantity of (DN + offset) * scale; "" = not stated
+    level: str = ""                     # product level of the training data (L2A, L1C), "" = not stated
+
+    @property
+    def physical_units(self) -> str:
+        """``units``, or for a bundle that does not state them: ``"reflectance"`` when
+        its bands are all Sentinel-2 bands scaled by 1e-4 (the L2A/L1C convention)."""
+        if self.units:
+            return self.units
+        if all(is_sentinel2_band(b) for b in self.bands) and all(abs(v - 1e-4) < 1e-12 for v in self.scale):
+            return "reflectance"
+        return ""
 
     @property
     def n_bands(self) -> int:
@@ -88,6 +109,14 @@ class ModelMeta:
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def input_level(self) -> str:
+        """The product level of the training data: stated, or named in the description."""
+        if self.input.level:
+            return self.input.level
+        found = [lv for lv in ("L2A", "L1C") if lv in self.description]
+        return found[0] if len(found) == 1 else ""
 
     @property
     def class_names(self) -> dict[int, str]:
@@ -172,9 +201,14 @@ def _parse_meta(d: Any, where: str) -> ModelMeta:
     px = inp.get("pixel_size")
     if px is not None and (not isinstance(px, (int, float)) or isinstance(px, bool) or not 0 < px < math.inf):
         raise ModelError(f"{where}: 'input.pixel_size' must be a positive number")
+    units, level = inp.get("units", ""), inp.get("level", "")
+    if not isinstance(units, str) or units not in ("", "reflectance", "radiance", "dn"):
+        raise ModelError(f"{where}: 'input.units' must be reflectance, radiance or dn, got {units!r}")
+    if not isinstance(level, str) or level not in ("", "L1C", "L2A"):
+        raise ModelError(f"{where}: 'input.level' must be L1C or L2A, got {level!r}")
     spec = InputSpec(tuple(bands), _floats(inp, "offset", n, 0.0, where), _floats(inp, "scale", n, 1.0, where),
                      _floats(inp, "mean", n, 0.0, where), std, float(px) if px is not None else None,
-                     tuple(rgb) if rgb else None, str(inp.get("description", "")))
+                     tuple(rgb) if rgb else None, str(inp.get("description", "")), units, level)
     tile = _req(d, "tile_size", int, where)
     overlap = _req(d, "overlap", int, where)
     multiple = d.get("tile_multiple", 1)
@@ -270,6 +304,12 @@ def format_metadata(meta: ModelMeta, path: str = "") -> str:
                      f"mean {inp.mean[i]:.4g}  std {inp.std[i]:.4g}")
     if inp.description:
         lines.append(f"  note: {inp.description}")
+    if inp.physical_units:
+        lines.append(f"input:        {inp.physical_units}" + (" (inferred: Sentinel-2 bands, DN x 1e-4)"
+                                                            if not inp.units else "")
+                     + (f", product level {inp.level}" if inp.level else "")
+                     + "; an input that states its own conversion (product metadata, GDAL scale/offset) "
+                       "is converted with it")
     lines.append(f"pixel size:   {inp.pixel_size:g} (CRS units)" if inp.pixel_size else "pixel size:   not recorded")
     lines.append(f"tile size:    {meta.tile_size} px (multiple of {meta.tile_multiple}), "
                  f"recommended overlap {meta.overlap} px")

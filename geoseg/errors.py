@@ -80,6 +80,14 @@ class NoValidDataWarning(GeosegWarning):
     """A result is empty for a reason the user would want to know (no valid input pixel)."""
 
 
+class InputLevelWarning(GeosegWarning):
+    """The input's product level (L1C, L2A) is not the one the model was trained on."""
+
+
+class UndeclaredNodataWarning(GeosegWarning):
+    """The input looks like it has a nodata border but declares no nodata."""
+
+
 class PixelSizeWarning(GeosegWarning):
     """The input pixel size differs from the one the model was trained at."""
 

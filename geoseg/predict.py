@@ -36,7 +36,7 @@ from .sources import CLASS_NODATA, ArraySource, Source, is_plain_path, open_sour
 from .unit import Forward, PredictOptions, UnitResult, make_plan, tta_forward
 
 __all__ = ["PredictOptions", "PredictResult", "predict_raster", "predict_many", "predict_array", "sidecar_paths",
-           "resolve_model"]
+           "resolve_model", "output_tags"]
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,12 @@ def resolve_model(model: Any, options: PredictOptions, forward: Forward | None =
     return meta, lambda: forward_of(model, options.tta)
 
 
-def _tags(meta: ModelMeta, plan, options: PredictOptions) -> dict[str, str]:
+def output_tags(meta: ModelMeta, plan, options: PredictOptions) -> dict[str, str]:
+    """The GeoTIFF tags a run writes: the model, the tiling, and what the plan decided
+    about the input (its conversion to the model's units, its product level)."""
     return {"GEOSEG_MODEL": meta.name, "GEOSEG_TILE_SIZE": str(plan.grid.tile),
-            "GEOSEG_OVERLAP": str(plan.grid.overlap), "GEOSEG_BLEND": plan.blend, "GEOSEG_TTA": options.tta}
+            "GEOSEG_OVERLAP": str(plan.grid.overlap), "GEOSEG_BLEND": plan.blend, "GEOSEG_TTA": options.tta,
+            **dict(plan.tags)}
 
 
 def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
@@ -148,7 +151,7 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
         with ClassRasterWriter(resolved["output"], width=source.width, height=source.height, crs=source.crs,
                                transform=source.transform, block=plan.grid.block, classes=meta.classes,
                                pixel_areas=px, confidence_target=resolved.get("confidence output"),
-                               tags=_tags(meta, plan, options), cog=cog) as sink:
+                               tags=output_tags(meta, plan, options), cog=cog) as sink:
             stats = run_plan(plan, fwd, sink.write, reporter, options.prefetch)
             sink.finish()
             table = sink.table()

@@ -22,6 +22,7 @@ class names read back from a class raster.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import warnings
@@ -38,9 +39,12 @@ from rasterio.errors import NotGeoreferencedWarning as _RioNotGeoref
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
+from .bands import canonical_band
 from .bundle import InputSpec
 from .errors import RasterError, one_line
 from .windows import Rect
+
+log = logging.getLogger("geoseg")
 
 __all__ = ["Source", "RasterSource", "ArraySource", "open_source", "open_raster", "is_plain_path",
            "resolve_bands", "read_rect", "to_window", "check_same_grid", "label_valid", "resolve_nodata",
@@ -108,6 +112,10 @@ class Source(Protocol):
     crs: Any                              # rasterio CRS or None
     transform: Affine
     nodatavals: tuple[float | None, ...]
+    #: per band ``(scale, offset)``: physical value = DN * scale + offset, as the input
+    #: states it (GDAL band scale/offset, product metadata), or None where it says nothing
+    radiometry: tuple[tuple[float, float] | None, ...] | None
+    level: str                            # product level when the input states it (L1C, L2A), else ""
 
     def has_masks(self, bands: Sequence[int]) -> bool:
         """True when the bands can hold invalid pixels (nodata, mask, alpha, float NaN)."""
@@ -164,6 +172,9 @@ class RasterSource:
         self.dtypes = tuple(ds.dtypes)
         self.descriptions = tuple(ds.descriptions)
         self.crs, self.transform, self.nodatavals = ds.crs, ds.transform, tuple(ds.nodatavals)
+        stated = [(float(sc), float(of)) for sc, of in zip(ds.scales, ds.offsets)]
+        self.radiometry = tuple(stated) if any(v != (1.0, 0.0) for v in stated) else None
+        self.level = ""
 
     def has_masks(self, bands: Sequence[int]) -> bool:
         with thread_env():  # GDAL reads the mask's directory here
@@ -190,9 +201,12 @@ class RasterSource:
 
     def read_decimated(self, bands: Sequence[int], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         shape = (len(bands), height, width)
-        with thread_env():
-            data = self.ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest, out_dtype="float32")
-            m = self.ds.read_masks(list(bands), out_shape=shape, resampling=Resampling.nearest)
+        try:
+            with thread_env():
+                data = self.ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest, out_dtype="float32")
+                m = self.ds.read_masks(list(bands), out_shape=shape, resampling=Resampling.nearest)
+        except RasterioError as e:
+            raise RasterError(f"cannot read {self.label} (truncated or corrupt?): {one_line(e)}") from None
         return data, np.any(m > 0, axis=0) & np.all(np.isfinite(data), axis=0)
 
     def close(self) -> None:
@@ -215,11 +229,14 @@ class ArraySource:
         transform: an ``affine.Affine`` (default: the identity, pixel units).
         nodata: one value for every band, or one per band (None: no nodata).
         band_names: one name per band (matched against the model's bands).
+        radiometry: per band ``(scale, offset)`` with physical value = DN * scale + offset.
+        level: the product level of the data (``"L2A"``, ``"L1C"``) when known.
     """
 
     def __init__(self, array: np.ndarray, *, crs: Any = None, transform: Affine | None = None,
                  nodata: float | Sequence[float | None] | None = None,
-                 band_names: Sequence[str | None] | None = None, name: str = "<array>"):
+                 band_names: Sequence[str | None] | None = None, name: str = "<array>",
+                 radiometry: Sequence[tuple[float, float] | None] | None = None, level: str = ""):
         a = np.asarray(array)
         if a.ndim == 2:
             a = a[None]
@@ -241,6 +258,10 @@ class ArraySource:
         if len(nd) != self.count:
             raise RasterError(f"{name}: {len(nd)} nodata values for {self.count} bands")
         self.nodatavals = tuple(None if v is None else float(v) for v in nd)
+        if radiometry is not None and len(radiometry) != self.count:
+            raise RasterError(f"{name}: {len(radiometry)} (scale, offset) pairs for {self.count} bands")
+        self.radiometry = tuple(radiometry) if radiometry is not None else None
+        self.level = level
 
     @property
     def spec(self) -> "ArraySource":
@@ -343,14 +364,25 @@ def is_georeferenced(src) -> bool:
 def resolve_bands(src: Source, spec: InputSpec, bands: Sequence[int | str] | None = None) -> list[int]:
     """1-based band indexes of ``src`` that feed the model's inputs, in the model's order.
 
-    ``bands`` (the ``bands`` option) may give 1-based indexes or the raster's band
-    descriptions. Without it, bands are matched by description when the raster names
-    all of the model's bands, else taken in order when the counts agree.
+    ``bands`` (the ``bands`` option) may give 1-based indexes or band names. Without
+    it, the model's bands are matched by name through :data:`BAND_ALIASES` (B2 = B02 =
+    blue; B8A never stands in for B8). A raster whose bands are named otherwise is
+    refused with both lists; only a raster without band names is taken in order (when
+    the counts agree), and that is logged.
     """
     n = src.count
     names = [d or "" for d in src.descriptions]
+    canon = [canonical_band(d) if d else "" for d in names]
     want = spec.n_bands
     label = _label(src.name) if isinstance(src.name, str) else str(src.name)
+    shown = ", ".join(f"{i + 1}={d}" for i, d in enumerate(names) if d) or "no band names"
+
+    def find(b: str) -> int | None:
+        if b in names:
+            return names.index(b) + 1
+        c = canonical_band(b)
+        return canon.index(c) + 1 if c and c in canon else None
+
     if bands:
         if len(bands) != want:
             raise RasterError(f"{len(bands)} bands chosen but the model expects {want} ({', '.join(spec.bands)})",
@@ -363,17 +395,24 @@ def resolve_bands(src: Source, spec: InputSpec, bands: Sequence[int | str] | Non
                     raise RasterError(f"band {i} does not exist: {label} has {n} bands", option="bands")
                 out.append(i)
             else:
-                if b not in names:
-                    shown = ", ".join(f"{i + 1}={d}" for i, d in enumerate(names) if d) or "no band names"
+                i = find(b)
+                if i is None:
                     raise RasterError(f"unknown band name {b!r}: {label} has {shown}", option="bands")
-                out.append(names.index(b) + 1)
+                out.append(i)
         if len(set(out)) != len(out):
             dup = next(i for i in out if out.count(i) > 1)
             raise RasterError(f"band {dup} is chosen twice", option="bands")
         return out
-    if all(b in names for b in spec.bands):
-        return [names.index(b) + 1 for b in spec.bands]
+    found = [find(b) for b in spec.bands]
+    if all(i is not None for i in found) and len(set(found)) == len(found):
+        return found  # type: ignore[return-value]
+    if any(names):
+        missing = [b for b, i in zip(spec.bands, found) if i is None]
+        raise RasterError(f"{label}'s bands ({shown}) do not include the model's {', '.join(missing)} "
+                          f"(the model takes {', '.join(spec.bands)})", option="bands")
     if n == want:
+        log.warning("%s has no band names: its %d bands are taken in order as the model's %s", label, n,
+                    ", ".join(spec.bands))
         return list(range(1, n + 1))
     raise RasterError(f"{label} has {n} bands but the model expects {want} ({', '.join(spec.bands)})",
                       option="bands")

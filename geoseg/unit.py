@@ -22,18 +22,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
 from .bundle import InputSpec, ModelMeta
-from .errors import ConfigError, PixelSizeWarning, RasterError
+from .errors import ConfigError, InputLevelWarning, PixelSizeWarning, RasterError, UndeclaredNodataWarning
 from .sources import CLASS_NODATA, Source, is_georeferenced, owned_source, read_rect, resolve_bands
 from .windows import Grid, Unit, make_grid, validate_tiling
+
+log = logging.getLogger("geoseg")
 
 __all__ = ["Forward", "BLENDS", "TTA_VIEWS", "PredictOptions", "Plan", "make_plan", "input_gain_bias",
            "UnitInput", "UnitResult", "read_unit", "blend_weights", "merge_unit", "tta_forward", "Batcher",
@@ -123,6 +126,14 @@ class PredictOptions:
         tta: test-time augmentation, ``"none"``, ``"flip"`` (4 views, 4x the model
             time) or ``"d4"`` (8 views, 8x): probabilities averaged over flipped /
             rotated copies of every window (:func:`tta_forward`).
+        input_scale, input_offset: the input's conversion to the model's physical
+            units, ``physical = (DN + input_offset) * input_scale`` (one value, or one
+            per model band); each overrides what the input states (product metadata,
+            GDAL scale/offset) and the model's own convention. E.g. a Sentinel-2 L2A
+            product of processing baseline >= 04.00 without its metadata:
+            ``input_offset=-1000``.
+        src_nodata: input nodata value(s) (one, or one per model band): a pixel is
+            nodata where all its bands hold it; overrides what the input declares.
     """
 
     tile_size: int | None = None
@@ -134,8 +145,18 @@ class PredictOptions:
     confidence: bool = False
     prefetch: int = 3
     tta: Literal["none", "flip", "d4"] = "none"
+    input_scale: float | tuple[float, ...] | None = None
+    input_offset: float | tuple[float, ...] | None = None
+    src_nodata: float | tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        for name in ("input_scale", "input_offset", "src_nodata"):
+            v = getattr(self, name)
+            vals = v if isinstance(v, tuple) else () if v is None else (v,)
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vals):
+                raise ConfigError(f"{name} must be finite numbers, got {v!r}", option=name)
+            if name == "input_scale" and any(x == 0 for x in vals):
+                raise ConfigError("input_scale must not be 0", option=name)
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ConfigError(f"batch size must be a positive integer, got {self.batch_size!r}", option="batch_size")
         if self.blend not in BLENDS:
@@ -175,6 +196,8 @@ class Plan:
     blend: str
     confidence: bool
     batch_size: int
+    src_nodata: tuple[float, ...] | None = None   # per plan band; None: the input's own nodata
+    tags: tuple[tuple[str, str], ...] = ()        # what the plan decided, for the output's tags
 
     def tasks(self) -> list[tuple[Unit, ...]]:
         """The schedule's tasks: the units of each row of output blocks, in order."""
@@ -195,16 +218,132 @@ def make_plan(src: Source, meta: ModelMeta, options: PredictOptions) -> Plan:
         if not (np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating) or dt == np.bool_):
             raise RasterError(f"band {b} of {src.name} holds {dt} values; a model takes real numbers")
     grid = make_grid(src.width, src.height, tile, overlap, options.block_size, align=meta.tile_multiple)
-    gain, bias = input_gain_bias(meta.input)
     spec = meta.input
     if spec.pixel_size and is_georeferenced(src) and src.crs.is_projected:
         res = math.sqrt(abs(src.transform.determinant))
         if abs(res / spec.pixel_size - 1) > 0.25:
             warnings.warn(f"input pixel size {res:g} differs from the model's {spec.pixel_size:g}; "
                           "results may be poor", PixelSizeWarning, stacklevel=2)
-    return Plan(src.spec, tuple(bands), src.has_masks(bands), grid, gain, bias,
+    src_nodata = _per_band(options.src_nodata, len(bands), "src_nodata")
+    masked = src_nodata is not None or src.has_masks(bands)
+    sample = _Sample(src, bands)
+    conv, how = input_conversion(src, meta, bands, options, sample)
+    gain, bias = input_gain_bias(conv)
+    if not masked:
+        sample.warn_zero_border()
+    tags = [("GEOSEG_INPUT_CONVERSION", how),
+            ("GEOSEG_INPUT_OFFSET", ",".join(f"{v:g}" for v in conv.offset)),
+            ("GEOSEG_INPUT_SCALE", ",".join(f"{v:g}" for v in conv.scale))]
+    level = getattr(src, "level", "")
+    if level:
+        tags.append(("GEOSEG_INPUT_LEVEL", level))
+        want = meta.input_level
+        if want and want != level:
+            warnings.warn(f"{src.name} is a {level} product but the model was trained on {want}: results may "
+                          "be poor", InputLevelWarning, stacklevel=2)
+            tags.append(("GEOSEG_LEVEL_MISMATCH", f"input {level}, model {want}"))
+    return Plan(src.spec, tuple(bands), masked, grid, gain, bias,
                 np.array([c.id for c in meta.classes], dtype=np.uint8), options.blend, options.confidence,
-                options.batch_size)
+                options.batch_size, src_nodata, tuple(tags))
+
+
+def _per_band(v: float | tuple[float, ...] | None, n: int, option: str) -> tuple[float, ...] | None:
+    if v is None:
+        return None
+    vals = v if isinstance(v, tuple) else (v,) * n
+    if len(vals) != n:
+        raise ConfigError(f"{option} gives {len(vals)} values for {n} model bands (give one, or one per band)",
+                          option=option)
+    return tuple(float(x) for x in vals)
+
+
+class _Sample:
+    """A small decimated read of the plan's bands (at most 256 px on its long side),
+    made once and only when a check needs it."""
+
+    def __init__(self, src: Source, bands: list[int]):
+        self.src, self.bands = src, bands
+        self._data = None
+
+    def get(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._data is None:
+            k = max(1, math.ceil(max(self.src.width, self.src.height) / 256))
+            h, w = max(1, self.src.height // k), max(1, self.src.width // k)
+            self._data = self.src.read_decimated(self.bands, h, w)
+        return self._data
+
+    def warn_zero_border(self) -> None:
+        data, _ = self.get()
+        zero = np.all(data == 0, axis=0).mean()
+        if zero >= 0.01:
+            warnings.warn(f"{self.src.name}: {100 * zero:.0f} % of the scene is 0 in every band and no nodata is "
+                          "declared: those pixels are classified and counted; declare src_nodata=0 if they hold "
+                          "no data", UndeclaredNodataWarning, stacklevel=3)
+
+
+def input_conversion(src: Source, meta: ModelMeta, bands: Sequence[int], options: PredictOptions,
+                     sample: "_Sample | None" = None) -> tuple[InputSpec, str]:
+    """The model's input spec with the input's own conversion to physical units, and
+    where it came from (``"options"``, ``"input metadata"``, ``"model convention"``).
+
+    Precedence, per band: the options' ``input_scale``/``input_offset``; what the input
+    states (product metadata, GDAL scale/offset) when the model's physical units are
+    known; the model's own convention (the training data's). Where nothing says how
+    the input converts and it looks like a Sentinel-2 product with the BOA offset
+    (baseline >= 04.00: DN = reflectance x 10000 + 1000), it is refused: never a
+    silently wrong map."""
+    spec = meta.input
+    n = len(bands)
+    opt_sc = _per_band(options.input_scale, n, "input_scale")
+    opt_of = _per_band(options.input_offset, n, "input_offset")
+    stated = getattr(src, "radiometry", None)
+    use_stated = stated is not None and bool(spec.physical_units)
+    scale, offset, hows = [], [], set()
+    for i, b in enumerate(bands):
+        r = stated[b - 1] if use_stated else None
+        if opt_sc is not None:
+            sc = opt_sc[i]
+        elif r is not None:
+            sc = r[0]
+        else:
+            sc = spec.scale[i]
+        if opt_of is not None:
+            of = opt_of[i]
+        elif r is not None:
+            of = r[1] / r[0]
+        else:
+            of = spec.offset[i]
+        hows.add("options" if opt_sc is not None or opt_of is not None else
+                 "input metadata" if r is not None else "model convention")
+        scale.append(float(sc))
+        offset.append(float(of))
+    how = " + ".join(sorted(hows))
+    if stated is not None and not use_stated and opt_sc is None and opt_of is None:
+        log.warning("%s states a scale/offset but the model does not say what physical units it takes: "
+                    "the model's own convention is used", src.name)
+    conv = replace(spec, scale=tuple(scale), offset=tuple(offset))
+    if (how == "model convention" and spec.physical_units == "reflectance" and sample is not None
+            and _looks_offset(sample, conv)):
+        raise RasterError(
+            f"{src.name} looks like a Sentinel-2 product with the BOA offset of processing baseline 04.00 or "
+            "later (its darkest pixels are all at reflectance 0.1 or more in every band, as DN = reflectance x "
+            "10000 + 1000 gives) and nothing states its offset: give the input offset (-1000 for such products, "
+            "0 if the data hold none)", option="input_offset")
+    return conv, how
+
+
+def _looks_offset(sample: "_Sample", conv: InputSpec) -> bool:
+    data, valid = sample.get()
+    if not valid.any():
+        return False
+    for k in range(data.shape[0]):
+        v = data[k][valid & (data[k] != 0)]
+        if v.size == 0:
+            return False
+        refl = (np.percentile(v, 1) + conv.offset[k]) * conv.scale[k]
+        if refl < 0.1:
+            return False
+    return True
 
 
 @dataclass
@@ -231,6 +370,9 @@ def read_unit(src: Source, unit: Unit, plan: Plan) -> UnitInput:
     as -9999 never leaks into valid neighbours through the receptive field."""
     rect = unit.read_rect
     data, valid = read_rect(src, plan.bands, rect, plan.masked)
+    if plan.src_nodata is not None:  # the declared values replace the input's own (GDAL's all-bands rule)
+        valid = ~np.all([data[k] == v for k, v in enumerate(plan.src_nodata)], axis=0)
+        valid &= np.all(np.isfinite(data), axis=0)
     region_valid = valid[unit.region.slices(rect)]
     run = []
     for i, w in enumerate(unit.windows):

@@ -140,8 +140,8 @@ def test_tasks_through_the_sink_equal_predict_raster_byte_for_byte(scene, tmp_pa
         px = pixel_areas(src.crs, src.transform, src.width, src.height)
         tasks = plan.tasks()
         results = {i: process_task(plan, t, tta_forward(fwd, tta)) for i, t in reversed(list(enumerate(tasks)))}
-        tags = {"GEOSEG_MODEL": meta.name, "GEOSEG_TILE_SIZE": "32", "GEOSEG_OVERLAP": "8", "GEOSEG_BLEND": blend,
-                "GEOSEG_TTA": tta}
+        from geoseg.predict import output_tags
+        tags = output_tags(meta, plan, opts)
         with ClassRasterWriter(tmp_path / "tasks.tif", width=src.width, height=src.height, crs=src.crs,
                                transform=src.transform, block=plan.grid.block, classes=meta.classes,
                                pixel_areas=px, confidence_target=tmp_path / "tasks_conf.tif", tags=tags) as w:
