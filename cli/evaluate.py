@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .options import (INT_LIST, NODATA, bands_opt, input_offset_opt, input_scale_opt, overwrite_opt, rgb_map_opt,
-                      src_nodata_opt, tta_opt)
+                      mask_scl_opt, resample_opt, src_nodata_opt, tta_opt)
 from .progress import progress_bar
 
 
@@ -31,10 +31,12 @@ from .progress import progress_bar
 @input_scale_opt
 @input_offset_opt
 @src_nodata_opt
+@resample_opt
+@mask_scl_opt
 @overwrite_opt
 @click.pass_context
 def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, background, rgb_map, bands,
-             tta, input_scale, input_offset, src_nodata, overwrite):
+             tta, input_scale, input_offset, src_nodata, resample, mask_scl, overwrite):
     """Confusion matrix, per-class IoU, Dice/F1, precision and recall, overall
     accuracy, and mean IoU / mean Dice excluding the background class.
 
@@ -64,19 +66,19 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
             check_output_path(str(prefix) + suffix, [prediction, truth], overwrite, "output")
     quiet = ctx.obj["quiet"]
     model_background = "model" if background is None else background   # the core's "the model's"
-    if model_path and Path(prediction).is_dir():
+    opts = PredictOptions(bands=bands, tta=tta, input_scale=input_scale, input_offset=input_offset,
+                          src_nodata=src_nodata, resample=resample, mask_scl=mask_scl)
+    from geoseg.sentinel2 import is_s2_product
+    if model_path and Path(prediction).is_dir() and not is_s2_product(prediction):
         colours, cfg_ignore = rgb_map or (None, None)
         with progress_bar("evaluating", quiet) as cb:
             scores = evaluate_chips(model_path, prediction, truth, rgb_map=colours,
                                     ignore_index=255 if cfg_ignore is None else cfg_ignore, ignore=ignore,
-                                    options=PredictOptions(bands=bands, tta=tta, input_scale=input_scale, input_offset=input_offset,
-                                                   src_nodata=src_nodata), background=model_background,
-                                    progress=cb)
+                                    options=opts, background=model_background, progress=cb)
     elif model_path:
         with progress_bar("segmenting", quiet) as cb:
-            scores = evaluate_model_on_raster(model_path, prediction, truth, PredictOptions(bands=bands, tta=tta, input_scale=input_scale, input_offset=input_offset,
-                                                   src_nodata=src_nodata),
-                                              truth_nodata, ignore, background=model_background, progress=cb)
+            scores = evaluate_model_on_raster(model_path, prediction, truth, opts, truth_nodata, ignore,
+                                              background=model_background, progress=cb)
     else:
         with open_raster(prediction) as p:
             names = read_class_names(p)

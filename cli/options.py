@@ -11,6 +11,7 @@ Shared options and the commands that use them:
 - ``tta_opt``         ``--tta``          predict, evaluate  (choices: ``geoseg.unit.TTA_VIEWS``)
 - ``bands_opt``       ``--bands``        predict, evaluate  (type ``BANDS``)
 - ``rgb_map_opt``     ``--rgb-map``      evaluate, tile     (type ``RGB_MAP``)
+- ``resample_opt``, ``mask_scl_opt``  ``--resample``, ``--mask-scl``   predict, evaluate
 - ``input_scale_opt``, ``input_offset_opt``, ``src_nodata_opt``   ``--input-scale``,
   ``--input-offset``, ``--src-nodata``   predict, evaluate   (type ``NUMBERS``)
 
@@ -27,6 +28,7 @@ exit code 2):
 - ``FRACTIONS``    three fractions summing to 1 -> ``tuple[float, float, float]``  tile --split
 - ``NUMBERS``      ``-1000`` or ``1e-4,1e-4,...`` -> a float or a tuple            --input-scale,
   --input-offset, --src-nodata
+- ``SCL_CLASSES``  ``3,8,9,10`` or ``none`` -> ``tuple[int, ...]``               --mask-scl
 
 Each type's ``convert`` also accepts an already converted value, as click requires.
 """
@@ -236,8 +238,25 @@ class NumbersParamType(click.ParamType):
         return vals[0] if len(vals) == 1 else vals
 
 
+class SclClassesParamType(click.ParamType):
+    """``3,8,9,10`` (scene classification classes 0-11) or ``none`` -> ``tuple[int, ...]``."""
+
+    name = "scl_classes"
+
+    def convert(self, value: Any, param, ctx) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        if str(value).strip().lower() == "none":
+            return ()
+        items = _items(self, value, param, ctx, "3,8,9,10 or none")
+        if not all(_INT.fullmatch(t) and 0 <= int(t) <= 11 for t in items):
+            self.fail(f"expected scene classification classes 0-11 like 3,8,9,10, or none; got {value!r}", param, ctx)
+        return tuple(int(t) for t in items)
+
+
 BANDS = BandsParamType()
 NUMBERS = NumbersParamType()
+SCL_CLASSES = SclClassesParamType()
 NODATA = NodataParamType()
 RGB_MAP = RgbMapParamType()
 CLASS_NAMES = ClassNamesParamType()
@@ -273,6 +292,14 @@ input_offset_opt = click.option("--input-offset", type=NUMBERS, default=None, me
 src_nodata_opt = click.option("--src-nodata", type=NUMBERS, default=None, metavar="V|V1,V2,..",
                                help="Input nodata value(s), one or one per model band (a pixel is nodata where all "
                                     "its bands hold it); overrides the input's own.")
+resample_opt = click.option("--resample", type=click.Choice(["nearest", "bilinear"]), default="nearest",
+                             show_default=True,
+                             help="Sentinel-2 products: how the 20 m bands reach the 10 m grid (nearest: each "
+                                  "20 m pixel 2 x 2, exact).")
+mask_scl_opt = click.option("--mask-scl", type=SCL_CLASSES, default=None, metavar="CLASSES|none",
+                             help="L2A products: scene classification classes made nodata [default: 0,1,3,8,9,10 = "
+                                  "no data, saturated, cloud shadow, cloud medium/high, cirrus; water and snow "
+                                  "never]; none keeps every pixel.")
 rgb_map_opt = click.option("--rgb-map", type=RGB_MAP, default=None, metavar="SPEC",
                            help="Colour masks -> classes: '#3C1098=0,#8429F6=1' or a config file with "
                                 "[mask] rgb_map (and its ignore_index).")

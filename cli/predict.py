@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .options import (bands_opt, batch_size_opt, blend_opt, input_offset_opt, input_scale_opt, overlap_opt, overwrite_opt,
-                      src_nodata_opt, tile_size_opt, tta_opt)
+                      mask_scl_opt, resample_opt, src_nodata_opt, tile_size_opt, tta_opt)
 from .progress import progress_bar
 
 
@@ -23,6 +23,8 @@ from .progress import progress_bar
 @input_scale_opt
 @input_offset_opt
 @src_nodata_opt
+@resample_opt
+@mask_scl_opt
 @click.option("--areas", is_flag=True, help="Also write OUTPUT_areas.csv: pixels, m², ha, km² and % per class.")
 @click.option("--confidence", is_flag=True, help="Also write OUTPUT_confidence.tif: winning probability in %.")
 @click.option("--preview", is_flag=True, help="Also write OUTPUT_preview.png: class colours over the image.")
@@ -30,6 +32,7 @@ from .progress import progress_bar
 @overwrite_opt
 @click.pass_context
 def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, bands, input_scale, input_offset, src_nodata,
+            resample, mask_scl,
             areas, confidence, preview,
             cog, overwrite):
     """Segment INPUT rasters with MODEL (a .geoseg bundle) into class GeoTIFFs.
@@ -56,7 +59,8 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
     quiet = ctx.obj["quiet"]
     opts = PredictOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, blend=blend,
                           bands=bands, confidence=confidence, tta=tta, input_scale=input_scale,
-                          input_offset=input_offset, src_nodata=src_nodata)
+                          input_offset=input_offset, src_nodata=src_nodata, resample=resample,
+                          mask_scl=mask_scl)
     out_p = Path(out)
     if len(srcs) > 1 and not out_p.is_dir():
         raise click.ClickException(f"with several inputs the output must be an existing directory: {out}")

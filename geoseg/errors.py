@@ -88,6 +88,10 @@ class UndeclaredNodataWarning(GeosegWarning):
     """The input looks like it has a nodata border but declares no nodata."""
 
 
+class RadiometryWarning(GeosegWarning):
+    """An input's radiometry metadata disagree (e.g. STAC raster:bands vs its offset flag); the message says which was used."""
+
+
 class PixelSizeWarning(GeosegWarning):
     """The input pixel size differs from the one the model was trained at."""
 

@@ -253,7 +253,7 @@ def evaluate_model_on_raster(model, image, truth_path: str | os.PathLike, option
     bg = meta.background if background == "model" else background
     reporter = Reporter(progress, is_cancelled)
     reporter.check()
-    with owned_source(image) as src, RasterSource(truth_path) as t:
+    with owned_source(image, **options.product_options()) as src, RasterSource(truth_path) as t:
         check_same_grid(src, t, ("image", "truth"))
         plan = make_plan(src, meta, options)
         reporter.total = len(plan.grid)

@@ -141,7 +141,7 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
             resolved[what] = rp
     reporter = Reporter(progress, is_cancelled)
     reporter.check()
-    source = open_source(src)
+    source = open_source(src, **options.product_options())
     try:
         plan = make_plan(source, meta, options)
         px = pixel_areas(source.crs, source.transform, source.width, source.height, warn=areas_path is not None)
@@ -177,6 +177,15 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
         input_pixels=stats.input_pixels, batches=stats.batches)
 
 
+def output_stem(src: str | os.PathLike) -> str:
+    """The name an input's outputs take in a folder: its file name without extension;
+    for a Sentinel-2 product's ``MTD_MSIL*.xml``, the product's name."""
+    p = Path(src)
+    if p.name.upper().startswith("MTD_MSI") and p.suffix.lower() == ".xml":
+        p = p.parent
+    return p.name[:-len(".SAFE")] if p.name.upper().endswith(".SAFE") else p.stem
+
+
 def sidecar_paths(dst: str | os.PathLike, areas: bool = False, confidence: bool = False,
                   preview: bool = False) -> dict[str, Path | None]:
     """Names of the optional outputs beside ``dst``: ``NAME_areas.csv``,
@@ -206,12 +215,12 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise RasterError(f"output directory does not exist: {out_dir}")
-    stems = [Path(p).stem for p in src_paths]
+    stems = [output_stem(p) for p in src_paths]
     if len(set(stems)) != len(stems):
         raise RasterError("several inputs have the same file name; their outputs would collide")
     jobs = []
     for p in src_paths:
-        dst = out_dir / (Path(p).stem + suffix)
+        dst = out_dir / (output_stem(p) + suffix)
         side = sidecar_paths(dst, areas, confidence, preview)
         for what, q in [("output", dst)] + [(k, v) for k, v in side.items() if v is not None]:
             check_output_path(q, list(src_paths), overwrite, what)

@@ -307,8 +307,11 @@ class ArraySource:
         pass
 
 
-def open_source(src: Any) -> Source:
-    """A :class:`Source` for a GDAL name or path, a numpy array, or a source (as is).
+def open_source(src: Any, **product_options: Any) -> Source:
+    """A :class:`Source` for a GDAL name or path, a Sentinel-2 product (``.SAFE``
+    folder, its zip or its ``MTD_MSIL*.xml``), a STAC item JSON, a numpy array, or a
+    source (as is). ``product_options`` (``resample``, ``mask_scl``) apply to a
+    Sentinel-2 product or STAC item.
 
     The caller closes what this opens; a source passed in is returned unchanged and
     its owner closes it (see :func:`owned_source`)."""
@@ -316,6 +319,10 @@ def open_source(src: Any) -> Source:
         return src
     if isinstance(src, np.ndarray):
         return ArraySource(src)
+    from .sentinel2 import open_product  # noqa: PLC0415  (sentinel2 builds on this module)
+    product = open_product(src, **product_options)  # a Sentinel-2 product, a STAC item, or their specs
+    if product is not None:
+        return product
     if isinstance(src, (str, os.PathLike)):
         return RasterSource(src)
     if isinstance(src, Source):
@@ -324,9 +331,9 @@ def open_source(src: Any) -> Source:
 
 
 @contextmanager
-def owned_source(src: Any) -> Iterator[Source]:
+def owned_source(src: Any, **product_options: Any) -> Iterator[Source]:
     """``with owned_source(x) as s``: :func:`open_source`, closing only what it opened."""
-    s = open_source(src)
+    s = open_source(src, **product_options)
     try:
         yield s
     finally:

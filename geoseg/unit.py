@@ -134,6 +134,11 @@ class PredictOptions:
             ``input_offset=-1000``.
         src_nodata: input nodata value(s) (one, or one per model band): a pixel is
             nodata where all its bands hold it; overrides what the input declares.
+        resample: how a Sentinel-2 product's 20 m bands reach the 10 m grid
+            (``"nearest"``: each 20 m pixel 2 x 2, exact; or ``"bilinear"``).
+        mask_scl: the scene classification (SCL) classes of an L2A product made
+            nodata (None: no data, saturated/defective, cloud shadow, medium/high cloud
+            probability, cirrus — ``geoseg.sentinel2.DEFAULT_SCL_MASK``; () for none).
     """
 
     tile_size: int | None = None
@@ -148,8 +153,16 @@ class PredictOptions:
     input_scale: float | tuple[float, ...] | None = None
     input_offset: float | tuple[float, ...] | None = None
     src_nodata: float | tuple[float, ...] | None = None
+    resample: str = "nearest"
+    mask_scl: tuple[int, ...] | None = None
+
+    def product_options(self) -> dict[str, Any]:
+        """What opening a Sentinel-2 product or STAC item takes from these options."""
+        return {"resample": self.resample, **({"mask_scl": self.mask_scl} if self.mask_scl is not None else {})}
 
     def __post_init__(self) -> None:
+        if self.resample not in ("nearest", "bilinear"):
+            raise ConfigError(f"resample must be nearest or bilinear, got {self.resample!r}", option="resample")
         for name in ("input_scale", "input_offset", "src_nodata"):
             v = getattr(self, name)
             vals = v if isinstance(v, tuple) else () if v is None else (v,)
@@ -296,6 +309,8 @@ def input_conversion(src: Source, meta: ModelMeta, bands: Sequence[int], options
     n = len(bands)
     opt_sc = _per_band(options.input_scale, n, "input_scale")
     opt_of = _per_band(options.input_offset, n, "input_offset")
+    if opt_of is None and hasattr(src, "check_radiometry"):
+        src.check_radiometry()  # a product that should state its offset and does not: refused
     stated = getattr(src, "radiometry", None)
     use_stated = stated is not None and bool(spec.physical_units)
     scale, offset, hows = [], [], set()
