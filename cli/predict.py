@@ -29,12 +29,15 @@ from .progress import progress_bar
 @click.option("--confidence", is_flag=True, help="Also write OUTPUT_confidence.tif: winning probability in %.")
 @click.option("--preview", is_flag=True, help="Also write OUTPUT_preview.png: class colours over the image.")
 @click.option("--cog", is_flag=True, help="Write Cloud-Optimised GeoTIFFs.")
+@click.option("--stack", is_flag=True,
+              help="The INPUTs are the band files of one Sentinel-2 scene (e.g. T51RUQ_..._B02_10m.jp2 ...; "
+                   "bands found by name, 20 m bands on the 10 m grid, an SCL file masks).")
 @overwrite_opt
 @click.pass_context
 def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, bands, input_scale, input_offset, src_nodata,
             resample, mask_scl,
             areas, confidence, preview,
-            cog, overwrite):
+            cog, stack, overwrite):
     """Segment INPUT rasters with MODEL (a .geoseg bundle) into class GeoTIFFs.
 
     The last argument is the OUTPUT: a .tif file for one input, or an existing
@@ -62,6 +65,10 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
                           input_offset=input_offset, src_nodata=src_nodata, resample=resample,
                           mask_scl=mask_scl)
     out_p = Path(out)
+    if stack:
+        if out_p.is_dir():
+            raise click.UsageError("with --stack the output is one .tif file (the inputs are one scene)")
+        srcs = [list(srcs)]
     if len(srcs) > 1 and not out_p.is_dir():
         raise click.ClickException(f"with several inputs the output must be an existing directory: {out}")
     failed = None

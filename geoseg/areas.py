@@ -123,6 +123,8 @@ def _parallel_area_integral(phi: np.ndarray, a: float, flattening: float) -> np.
     return 0.5 * b2 * (s / (1 - e2 * s * s) + np.arctanh(e * s) / e)
 
 
+#: The class id of the row for pixels left unclassified on purpose (the class rasters' nodata).
+UNCLASSIFIED = 255
 MAX_CLASSES = 1024   # more distinct values than this: not a class raster
 _CHUNK_PX = 1 << 17  # pixels per counting chunk: the intp copy stays in cache
 
@@ -248,7 +250,14 @@ class AreaTable:
     notes: list[str] = field(default_factory=list)
 
     def by_class(self, zone: str | None = None) -> dict[int, ClassArea]:
-        return {r.class_id: r for r in self.rows if r.zone == zone}
+        return {r.class_id: r for r in self.rows if r.zone == zone and r.class_id != UNCLASSIFIED}
+
+    def add_unclassified(self, name: str, pixels: int, px: PixelAreas) -> None:
+        """A row (class id 255, no percent) for pixels left unclassified on purpose, e.g.
+        masked as cloud: so the user knows how much of the scene was not classified."""
+        area = pixels * px.constant if px.kind == "planar" and px.constant is not None else None
+        self.rows.append(ClassArea(None, UNCLASSIFIED, name, int(pixels), area, float("nan")))
+        self.notes.append(f"{name}: {pixels:,} px" + (f" ({area / 1e4:,.2f} ha)" if area is not None else ""))
 
 
 def make_table(acc: AreaAccumulator, class_names: dict[int, str], zones: Sequence[object] | None = None,
@@ -287,7 +296,7 @@ def areas_csv_text(table: AreaTable) -> str:
                 "" if r.area_m2 is None else f"{r.area_m2:.3f}",
                 "" if r.area_ha is None else f"{r.area_ha:.6f}",
                 "" if r.area_km2 is None else f"{r.area_km2:.8f}",
-                f"{r.percent:.4f}"]
+                "" if math.isnan(r.percent) else f"{r.percent:.4f}"]
         w.writerow(([r.zone] if has_zone else []) + vals)
     return buf.getvalue()
 
@@ -300,7 +309,8 @@ def format_table(table: AreaTable) -> str:
     for r in table.rows:
         ha = "" if r.area_ha is None else f"{r.area_ha:,.2f}"
         z = f"  {str(r.zone)[:14]:<14} " if has_zone else ""
-        lines.append(f"{z}  {r.class_id:>3}  {r.class_name[:20]:<20} {r.pixels:>12,} {ha:>14} {r.percent:>7.2f}%")
+        pct = "" if math.isnan(r.percent) else f"{r.percent:>7.2f}%"
+        lines.append(f"{z}  {r.class_id:>3}  {r.class_name[:20]:<20} {r.pixels:>12,} {ha:>14} {pct:>8}")
     lines.append(f"  ({unit})")
     return "\n".join(lines)
 

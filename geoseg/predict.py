@@ -101,7 +101,9 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
 
     Args:
         src: a path or any name GDAL opens (``/vsizip/``, ``/vsicurl/``, VRT,
-            subdatasets), a ``(bands, rows, cols)`` numpy array, or a
+            subdatasets), a Sentinel-2 product (``.SAFE`` folder, zip, ``MTD_MSIL*.xml``),
+            a STAC item JSON, a list of Sentinel-2 band files (one scene), a
+            ``(bands, rows, cols)`` numpy array, or a
             :class:`geoseg.sources.Source` (e.g. an :class:`~geoseg.sources.ArraySource`
             with a CRS and transform).
         model: a ``.geoseg`` bundle path, a :class:`geoseg.model.ModelRef` or a
@@ -125,7 +127,8 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
         raise ConfigError(f"the class raster is a GeoTIFF: give the output a .tif name, not {Path(dst_path).name}")
     if confidence_path is not None and Path(confidence_path).suffix.lower() not in (".tif", ".tiff"):
         raise ConfigError("the confidence output is a GeoTIFF: give it a .tif name")
-    inputs = [src] if isinstance(src, (str, os.PathLike)) and is_plain_path(src) else []
+    given = list(src) if isinstance(src, (list, tuple)) else [src]
+    inputs = [p for p in given if isinstance(p, (str, os.PathLike)) and is_plain_path(p)]
     if isinstance(model, (str, os.PathLike)):
         inputs.append(model)
     elif getattr(model, "path", ""):
@@ -155,6 +158,10 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
             stats = run_plan(plan, fwd, sink.write, reporter, options.prefetch)
             sink.finish()
             table = sink.table()
+            masked = getattr(source, "mask_scl", ())
+            if masked:  # a product masked by its scene classification: say how much
+                table.add_unclassified("masked: scene classification " + ",".join(map(str, masked)),
+                                       source.masked_pixels(), px)
             if stats.windows_run == 0:
                 note = "no valid input pixel: every pixel is nodata (255) and no class was counted"
                 table.notes.append(note)

@@ -398,17 +398,91 @@ class S2Source(StackSource):
                 "scl_masked": ",".join(map(str, self.mask_scl)) or "none"}
 
 
+@dataclass(frozen=True)
+class BandFilesSpec:
+    """What reopens a :class:`BandFilesSource` elsewhere (picklable)."""
+
+    paths: tuple[str, ...]
+    resample: str = "nearest"
+    mask_scl: tuple[int, ...] = DEFAULT_SCL_MASK
+
+    def open(self) -> "BandFilesSource":
+        return BandFilesSource(self.paths, resample=self.resample, mask_scl=self.mask_scl)
+
+
+def band_of_file(path: str | os.PathLike) -> str | None:
+    """The Sentinel-2 band a file holds by its name (``…_B02_10m.jp2``, ``T51RUQ_…_B8A.jp2``,
+    ``B11.tif``, ``…_SCL_20m.jp2``), else None."""
+    stem = Path(path).name.split(".")[0]
+    m = _BAND_FILE.search(stem) or re.fullmatch(r"(B\d\d|B8A|SCL)", stem, re.IGNORECASE)
+    return m.group(1).upper() if m else None
+
+
+def is_band_folder(path: Any) -> bool:
+    """A folder (not a ``.SAFE``) holding Sentinel-2 band files: one scene."""
+    if not isinstance(path, (str, os.PathLike)) or is_s2_product(path):
+        return False
+    p = Path(path)
+    return p.is_dir() and any(band_of_file(q) not in (None, "SCL") for q in p.iterdir()
+                              if q.suffix.lower() in (".jp2", ".tif", ".tiff"))
+
+
+class BandFilesSource(StackSource):
+    """Several Sentinel-2 band files given together (or a folder of them) as one scene,
+    stacked like a product on the grid of its finest band (B02 where given); an SCL
+    file among them masks as in a product. Nothing states the radiometry: the model's
+    convention, the options, or the refusal of an offset-looking input decide."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], *, resample: str = "nearest",
+                 mask_scl: Sequence[int] | None = DEFAULT_SCL_MASK):
+        self.ds = None
+        files: list[str] = []
+        for p in paths:
+            q = Path(p)
+            if q.is_dir():
+                files += sorted(str(f) for f in q.iterdir() if f.suffix.lower() in (".jp2", ".tif", ".tiff")
+                                and band_of_file(f))
+            else:
+                files.append(os.fspath(p))
+        self.name = f"{len(files)} band files" if len(paths) != 1 else os.fspath(paths[0])
+        by_band: dict[str, str] = {}
+        for f in files:
+            b = band_of_file(f)
+            if b is None:
+                raise RasterError(f"{Path(f).name}: not a Sentinel-2 band file (its name names no band, "
+                                  "e.g. ..._B02_10m.jp2)")
+            if b in by_band:
+                raise RasterError(f"band {b} is given twice ({Path(by_band[b]).name}, {Path(f).name})")
+            if not Path(f).is_file():
+                raise RasterError(f"band file not found: {f}")
+            by_band[b] = f
+        bands = [BandFile(b, by_band[b]) for b in S2_BANDS if b in by_band]
+        if not bands:
+            raise RasterError(f"{self.name}: no Sentinel-2 band among the files")
+        scl = BandFile("SCL", by_band["SCL"]) if "SCL" in by_band else None
+        self.level = "L2A" if scl is not None else ""
+        self._build(bands, scl, resample=resample, mask_scl=mask_scl if scl is not None else (),
+                    ref="B02" if "B02" in by_band else None, label=self.name)
+        self.radiometry = None
+        self.spec = BandFilesSpec(tuple(os.path.abspath(f) for f in files), resample,
+                                  check_scl_mask(mask_scl) if scl is not None else ())
+
+
 def open_product(name: Any, **opts) -> StackSource | None:
     """A source for a Sentinel-2 product (``.SAFE``, zip, ``MTD_MSIL*.xml``), a STAC
     item JSON, or their specs (:class:`S2Spec`, :class:`geoseg.stac.StacSpec`); None
     for anything else. ``opts``: ``resample``, ``mask_scl`` (ignored for a spec,
     which carries its own)."""
-    if isinstance(name, (S2Spec, StacSpec)):
+    if isinstance(name, (S2Spec, StacSpec, BandFilesSpec)):
         return name.open()
+    if isinstance(name, (list, tuple)) and name and all(isinstance(n, (str, os.PathLike)) for n in name):
+        return BandFilesSource(name, **opts)
     if not isinstance(name, (str, os.PathLike)):
         return None
     if is_s2_product(name):
         return S2Source(name, **opts)
     if is_stac_item(name):
         return StacSource(name, **opts)
+    if is_band_folder(name):
+        return BandFilesSource([name], **opts)
     return None

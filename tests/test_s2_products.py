@@ -104,3 +104,40 @@ def test_products_in_a_folder_run_and_cli(products, tmp_path, runner):
     res = runner.invoke(cli, ["predict", str(MODEL), str(products["05.09"]), str(tmp_path / "d.tif"),
                               "--mask-scl", "12"])
     assert res.exit_code == 2 and "classes 0-11" in res.output
+
+
+def test_areas_csv_reports_the_masked_area(scene, products, tmp_path):
+    res = predict_raster(products["05.09"], tmp_path / "o.tif", MODEL, areas_path=tmp_path / "o.csv")
+    scl = _up(scene.scl20, scene.h, scene.w)
+    n = int(np.isin(scl, (0, 1, 3, 8, 9, 10)).sum())
+    rows = (tmp_path / "o.csv").read_text().splitlines()
+    masked = [r for r in rows if r.startswith("255,")]
+    assert masked == [f"255,\"masked: scene classification 0,1,3,8,9,10\",{n},{n * 100:.3f},{n / 100:.6f},"
+                      f"{n / 1e4:.8f},"]
+    assert sum(r.pixels for r in res.areas.rows if r.class_id != 255) == sum(res.counts.values())
+    assert sum(r.percent for r in res.areas.rows if r.class_id != 255) == pytest.approx(100.0)
+
+
+def test_band_files_given_together_are_one_scene(products, tmp_path, runner):
+    """--stack: the product's own band files (10 m, 20 m and SCL) as one scene give the
+    product's map; the same files of a 05.09 product, which state no offset, are refused
+    until the offset is given."""
+    from geoseg_cli.main import cli
+    for pb in ("02.13", "05.09"):
+        predict_raster(products[pb], tmp_path / f"safe{pb}.tif", MODEL)
+    files = sorted(str(p) for p in products["02.13"].rglob("IMG_DATA/R*m/*.jp2"))
+    assert any("_SCL_" in f for f in files) and len(files) == 8  # 4 x 10 m, B02/B11/B12 x 20 m, SCL
+    files = [f for f in files if not ("_B02_20m" in f)]
+    res = runner.invoke(cli, ["predict", str(MODEL), *files, str(tmp_path / "stack.tif"), "--stack"])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(pixels(tmp_path / "stack.tif"), pixels(tmp_path / "safe02.13.tif"))
+    files09 = sorted(str(p) for p in products["05.09"].rglob("IMG_DATA/R*m/*.jp2") if "_B02_20m" not in p.name)
+    res = runner.invoke(cli, ["predict", str(MODEL), *files09, str(tmp_path / "s09.tif"), "--stack"])
+    assert res.exit_code == 1 and "--input-offset" in res.output
+    res = runner.invoke(cli, ["predict", str(MODEL), *files09, str(tmp_path / "s09.tif"), "--stack",
+                              "--input-offset", "-1000"])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(pixels(tmp_path / "s09.tif"), pixels(tmp_path / "safe05.09.tif"))
+    # a folder of band files is one scene too; the 10 m folder alone lacks B11/B12
+    with pytest.raises(Exception, match="B11"):
+        predict_raster(next(products["02.13"].rglob("R10m")), tmp_path / "r10.tif", MODEL)
