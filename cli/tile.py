@@ -38,7 +38,10 @@ def tile(ctx, out_dir, images, labels, image_dirs, mask_dirs, rgb_map, chip, str
          test_sources, regions, label_nodata, ignore_index, min_valid, seed, overwrite):
     """Cut image/mask chips into OUT_DIR/{train,valid,test}/{images,masks}, with
     manifest.csv and stats.json. Splits are by source image (or raster region),
-    never by chip.
+    never by chip, and stratified so that every class is in train, valid and test
+    where enough sources hold it; a class a split still lacks is warned about and
+    noted in stats.json. --overwrite replaces an earlier run in OUT_DIR as a whole
+    (a folder holding other files is refused); a failed run leaves it as it was.
 
     \b
     Examples:

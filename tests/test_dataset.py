@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from geoseg.chips import colour_map_lut, mask_to_classes
 from geoseg.dataset import TileOptions, assign_splits, tile_folders, tile_rasters
 from geoseg.demo import SCENE, TRUTH
-from geoseg.errors import Cancelled, ConfigError, RasterError
+from geoseg.errors import Cancelled, ConfigError, RasterError, SplitWarning
 from geoseg.windows import chip_origins
 from geoseg_cli.main import cli
 
@@ -159,10 +159,11 @@ def test_tile_errors_leave_nothing(tmp_path, make_geotiff):
         TileOptions(fractions=(0.5, 0.2, 0.2))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    with pytest.raises(RasterError, match="not empty") as e:
-        tile_rasters([(SCENE, TRUTH)], tmp_path / "full", label_nodata=None)
-    assert e.value.option == "overwrite" and "--" not in str(e.value)
-    assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+    for overwrite in (False, True):  # a folder that is not a tiling run's: refused either way
+        with pytest.raises(RasterError, match="not empty and holds keep.txt") as e:
+            tile_rasters([(SCENE, TRUTH)], tmp_path / "full", label_nodata=None, overwrite=overwrite)
+        assert e.value.option is None and "--" not in str(e.value)
+        assert (tmp_path / "full" / "keep.txt").read_text() == "x"
     bad = make_geotiff(np.full((40, 40), 300, np.uint16), name="bad.tif")
     with pytest.raises(RasterError, match="label value 300 is not a class index 0..254") as e:
         tile_rasters([(big, bad)], tmp_path / "o6", TileOptions(chip=16), label_nodata=None)
@@ -191,3 +192,118 @@ def test_cancelled_tiling_leaves_nothing(tmp_path):
         tile_folders([imgs], [msks], tmp_path / "there", {(0, 0, 0): 0}, TileOptions(chip=32),
                      progress=lambda done, total: calls.append((done, total)), is_cancelled=lambda: bool(calls))
     assert calls == [(1, 2)] and list((tmp_path / "there").iterdir()) == []
+
+
+# --- tile --overwrite: the earlier run is replaced, nothing else is touched -----------------------------------
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_tile_overwrite_replaces_the_earlier_run(tmp_path, make_geotiff):
+    r = CliRunner()
+    out = tmp_path / "chips"
+    args = ["tile", str(out), "--image", str(SCENE), "--label", str(TRUTH), "--label-nodata", "none",
+            "--regions", "2"]
+    res = r.invoke(cli, [*args, "--chip", "128"])
+    assert res.exit_code == 0, res.output
+    first = _files(out)
+    # again without --overwrite: refused, with the hint; the earlier run stays as it was
+    res = r.invoke(cli, [*args, "--chip", "64"])
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
+        f"Error: output directory {out} is not empty (chips of an earlier run) (use --overwrite to replace it)")
+    assert _files(out) == first
+    # a failing run with --overwrite leaves the earlier run as it was, and no hidden folder
+    with rasterio.open(SCENE) as sc:  # a label on the scene's grid, failing at the first chip
+        bad = make_geotiff(np.full((sc.height, sc.width), 300, np.uint16), name="bad.tif", crs=sc.crs,
+                           transform=sc.transform)
+    res = r.invoke(cli, ["tile", str(out), "--image", str(SCENE), "--label", str(bad), "--label-nodata", "none",
+                         "--chip", "64", "--overwrite"])
+    assert res.exit_code == 1 and "300" in res.output
+    assert _files(out) == first and sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif", "chips"]
+    # --overwrite: only the new chips remain, and the manifest lists exactly the files on disk
+    res = r.invoke(cli, [*args, "--chip", "64", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    rows = manifest(out)
+    on_disk = [f for f in _files(out) if f not in ("manifest.csv", "stats.json")]
+    assert sorted([r["image"] for r in rows] + [r["mask"] for r in rows]) == on_disk
+    for f in on_disk:
+        with rasterio.open(out / f) as d:
+            assert (d.width, d.height) == (64, 64)
+    stats = json.loads((out / "stats.json").read_text())
+    assert sum(stats["chips"].values()) == len(rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif", "chips"]  # no hidden folders left
+
+
+@pytest.mark.parametrize("foreign,named", [("notes.txt", "notes.txt"), ("train/images/my_photo.jpg", None),
+                                           ("train/labels/a.tif", "train/labels"), ("old/x.tif", "old")])
+def test_tile_refuses_a_folder_with_files_it_did_not_write(tmp_path, foreign, named):
+    """With and without --overwrite: a one-line error naming the file, nothing deleted."""
+    r = CliRunner()
+    out = tmp_path / "chips"
+    args = ["tile", str(out), "--image", str(SCENE), "--label", str(TRUTH), "--label-nodata", "none",
+            "--regions", "2", "--chip", "128"]
+    assert r.invoke(cli, args).exit_code == 0
+    (out / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (out / foreign).write_text("mine")
+    before = {f: (out / f).read_bytes() for f in _files(out)}
+    for extra in ([], ["--overwrite"]):
+        res = r.invoke(cli, [*args, "--chip", "64", *extra])
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 1 and len(lines) == 1, res.output
+        assert lines[0] == (f"Error: output directory {out} is not empty and holds {named or foreign}, which "
+                            "tiling did not write: choose a new or empty folder (nothing was deleted)")
+        assert {f: (out / f).read_bytes() for f in _files(out)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chips"]
+
+
+# --- splits stratified by class presence -----------------------------------------------------------------------
+
+
+def test_split_is_stratified_by_class_presence(tmp_path):
+    """The bundled scene in 3 x 3 regions: the seeded order alone put a region without
+    water in valid (validation IoU 0 every epoch); stratified, water is in every split."""
+    names = [f"s2_shanghai_scene.tif#r{i}c{j}" for i in range(3) for j in range(3)]
+    plain = assign_splits(names, TileOptions())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SplitWarning)
+        rep = tile_rasters([(SCENE, TRUTH)], tmp_path / "c", TileOptions(chip=128, stride=64, regions=3),
+                           label_nodata=None)
+    for split in ("train", "valid", "test"):
+        assert rep.class_pixels[split].get(1, 0) > 0 and rep.class_pixels[split].get(0, 0) > 0
+    stats = json.loads((tmp_path / "c" / "stats.json").read_text())
+    assert stats["missing_classes"] == {} and stats["notes"] == []
+    # the split sizes are the requested ones, and a swap made the difference
+    after = {s: sp for sp, srcs in rep.sources.items() for s in srcs}
+    assert sorted(after.values()) == sorted(plain.values()) and after != plain
+    # deterministic, and unchanged when no class is missing anywhere
+    classes = {s: {0, 1} for s in names}
+    assert assign_splits(names, TileOptions(), classes) == plain
+    water = {s: {0} | ({1} if s.endswith(("r0c0", "r1c2")) else set()) for s in names}
+    a = assign_splits(names, TileOptions(), water)
+    assert a == assign_splits(list(reversed(names)), TileOptions(), water)
+    # two sources hold class 1: train and one held-out split get it (train first)
+    assert min(a[s] for s in names if 1 in water[s]) == "train"
+    assert len({a[s] for s in names if 1 in water[s]}) == 2
+
+
+def test_split_missing_a_class_warns_and_records_it(tmp_path, make_geotiff):
+    """Water in one region only: no split can give it to valid and test; the run warns
+    (through the warnings module) and stats.json records it; the region trains."""
+    img = make_geotiff(np.random.default_rng(0).integers(0, 255, (2, 96, 96), dtype=np.uint8), name="i.tif")
+    lab = np.zeros((96, 96), np.uint8)
+    lab[70:80, 70:80] = 1  # region r2c2 of 3 x 3
+    lp = make_geotiff(lab, name="l.tif")
+    with pytest.warns(SplitWarning) as rec:
+        rep = tile_rasters([(img, lp)], tmp_path / "c", TileOptions(chip=32, regions=3), label_nodata=None)
+    assert rep.class_pixels["train"][1] == 100 and 1 not in rep.class_pixels["valid"]
+    msgs = [str(w.message) for w in rec if w.category is SplitWarning]
+    assert len(msgs) == 2 and "valid split" in msgs[0] and "test split" in msgs[1]
+    assert "class 1: 1 source" in msgs[0]
+    stats = json.loads((tmp_path / "c" / "stats.json").read_text())
+    assert stats["missing_classes"] == {"valid": [1], "test": [1]} and stats["notes"] == msgs
+    # the CLI shows the warning
+    res = CliRunner().invoke(cli, ["tile", str(tmp_path / "c2"), "--image", str(img), "--label", str(lp),
+                                   "--chip", "32", "--regions", "3", "--label-nodata", "none"])
+    assert res.exit_code == 0 and "Warning: class 1 has no pixel in the valid split" in res.output
