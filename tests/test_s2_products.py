@@ -27,6 +27,7 @@ def products(scene, tmp_path_factory):
         out[pb] = safe
         out[pb + ".zip"] = zip_safe(safe)
     out["pc"] = make_stac_item(scene, root / "pc", "pc")
+    out["e84"] = make_stac_item(scene, root / "e84", "e84")
     return out
 
 
@@ -83,10 +84,16 @@ def test_scl_masked_pixels_are_nodata_and_not_counted(scene, products, tmp_path)
     assert sum(none.counts.values()) == int((~scene.corner).sum())
 
 
-def test_stac_item_gives_what_the_safe_gives(products, tmp_path):
+def test_stac_items_give_what_the_safe_gives(products, tmp_path):
+    """A Planetary Computer style item (raw DN, s2:processing_baseline) and an Earth
+    Search style one (harmonised DN, raster:bands offsets, boa_offset_applied)."""
+    from geoseg.errors import RadiometryWarning
     predict_raster(products["05.09"], tmp_path / "safe.tif", MODEL)
-    predict_raster(products["pc"], tmp_path / "stac.tif", MODEL)
-    assert np.array_equal(pixels(tmp_path / "safe.tif"), pixels(tmp_path / "stac.tif"))
+    predict_raster(products["pc"], tmp_path / "pc.tif", MODEL)
+    with pytest.warns(RadiometryWarning):
+        predict_raster(products["e84"], tmp_path / "e84.tif", MODEL)
+    assert np.array_equal(pixels(tmp_path / "safe.tif"), pixels(tmp_path / "pc.tif"))
+    assert np.array_equal(pixels(tmp_path / "safe.tif"), pixels(tmp_path / "e84.tif"))
 
 
 def test_products_in_a_folder_run_and_cli(products, tmp_path, runner):
@@ -141,3 +148,12 @@ def test_band_files_given_together_are_one_scene(products, tmp_path, runner):
     # a folder of band files is one scene too; the 10 m folder alone lacks B11/B12
     with pytest.raises(Exception, match="B11"):
         predict_raster(next(products["02.13"].rglob("R10m")), tmp_path / "r10.tif", MODEL)
+
+
+def test_l1c_product_into_the_l2a_model_warns_and_is_tagged(scene, tmp_path):
+    from geoseg.errors import InputLevelWarning
+    l1c = make_safe(scene, tmp_path / "l1c", "02.13", level="L1C")
+    with pytest.warns(InputLevelWarning, match="L1C product but the model was trained on L2A"):
+        predict_raster(l1c, tmp_path / "o.tif", MODEL)
+    with rasterio.open(tmp_path / "o.tif") as o:
+        assert o.tags()["GEOSEG_LEVEL_MISMATCH"] == "input L1C, model L2A"
