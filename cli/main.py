@@ -61,8 +61,10 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (Cancelled, KeyboardInterrupt):
-            click.echo("geoseg: interrupted; no output was written", err=True)
+        except (Cancelled, KeyboardInterrupt) as e:
+            # a command that keeps something (train: its resume backup) says what, and how to go on
+            click.echo(getattr(e, "interrupt_message", None) or "geoseg: interrupted; no output was written",
+                       err=True)
             ctx.exit(130)
         except GeosegError as e:
             command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None

@@ -58,9 +58,10 @@ def _axis_factor(pc, kind: str) -> tuple[float, float]:
 
 
 def pixel_areas(crs, transform, width: int, height: int, pixel_size: float | None = None,
-                warn: bool = True) -> PixelAreas:
+                warn: bool = True, hint: str = "") -> PixelAreas:
     """Pixel areas for a raster grid (see the module docstring). ``warn``: say so when
-    the grid has no CRS (areas in pixels) — off where no area is reported."""
+    the grid has no CRS (areas in pixels) — off where no area is reported; ``hint``:
+    what the caller offers instead (only where it has a pixel size to give)."""
     if pixel_size is not None:
         if not pixel_size > 0:
             raise ConfigError(f"pixel size must be positive, got {pixel_size}")
@@ -68,8 +69,8 @@ def pixel_areas(crs, transform, width: int, height: int, pixel_size: float | Non
     if crs is None or transform.is_identity:
         if not warn:
             return PixelAreas("pixels")
-        warnings.warn("raster has no CRS/georeferencing: areas are reported in pixels "
-                      "(give a pixel size to get square metres)", NotGeoreferencedWarning, stacklevel=2)
+        warnings.warn("raster has no CRS/georeferencing: areas are reported in pixels" + (f" ({hint})" if hint else ""),
+                      NotGeoreferencedWarning, stacklevel=2)
         return PixelAreas("pixels")
     import pyproj  # noqa: PLC0415
     pc = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
@@ -402,7 +403,8 @@ def class_areas(path: str | os.PathLike, *, nodata: float | None | Literal["auto
             raise RasterError(f"{Path(path).name} has no band {band}")
         nd = resolve_nodata(src.nodatavals[band - 1], nodata)
         names = class_names if class_names is not None else read_class_names(src)
-        px = pixel_areas(src.crs, src.transform, src.width, src.height, pixel_size)
+        px = pixel_areas(src.crs, src.transform, src.width, src.height, pixel_size,
+                         hint="give a pixel size to get square metres")
         acc = AreaAccumulator(px, nd)
         zones = read_zones(aoi, src.crs, zone_field) if aoi else None
         # Strips of whole internal blocks: bounded memory, each block decoded once.

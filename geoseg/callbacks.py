@@ -4,6 +4,8 @@
   :class:`~geoseg.progress.Reporter` and stops the run when the caller cancels.
 * :func:`curves_callback` / :func:`plot_curves`: loss and mean IoU per epoch as a PNG.
 * :func:`read_history`: ``history.csv`` (Keras' CSVLogger) as columns.
+* :func:`resume_callback`: a resumed or extended run's checkpoint, early stopping and
+  learning-rate reducer go on from the best epoch in ``history.csv``.
 * :func:`epoch_preview_callback`: after each epoch, segment a few images with the
   engine and save quick-look PNGs (the seed's ``epoch_change_(tiled)infer``).
 
@@ -25,7 +27,8 @@ from .model import LoadedModel, keras_module, make_forward
 from .predict import PredictOptions, predict_raster
 from .progress import CancelFn, Reporter
 
-__all__ = ["progress_callback", "curves_callback", "plot_curves", "read_history", "epoch_preview_callback"]
+__all__ = ["progress_callback", "curves_callback", "plot_curves", "read_history", "resume_callback",
+           "epoch_preview_callback"]
 
 
 def progress_callback(reporter: Reporter, steps_per_epoch: int):
@@ -62,6 +65,45 @@ def read_history(csv_path: str | os.PathLike) -> dict[str, list[float]]:
     return hist
 
 
+def resume_callback(csv_path: str | os.PathLike, best_path: str | os.PathLike, monitor: str, mode: str,
+                    checkpoint, early=None, reducer=None):
+    """For a run that goes on from earlier epochs (resumed from its backup, or a
+    finished run extended): set the state Keras' callbacks reset at the start of
+    ``fit`` from the epochs before it in ``history.csv``, so that the best epoch so far
+    counts. ``checkpoint`` (ModelCheckpoint) and ``early`` (EarlyStopping) start from
+    the best monitored value, early stopping's patience from the epochs since then
+    and its best weights from ``best_path`` (that epoch's checkpoint), so a worse
+    later epoch replaces neither ``best.keras`` nor the weights the run ends with;
+    ``reducer`` (ReduceLROnPlateau) from the best value and the epochs since it or
+    since the last change of learning rate. Place it after those callbacks."""
+    keras = keras_module()
+    import numpy as np  # noqa: PLC0415
+
+    class Resume(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            hist = read_history(csv_path)
+            # the epochs before this run: BackupAndRestore's (resumed), else all of them (extended)
+            done = self.model._initial_epoch or len(hist.get("loss", []))
+            values = hist.get(monitor, [])[:done]
+            if not values:
+                return
+            best_i = int(np.argmin(values) if mode == "min" else np.argmax(values))
+            best, since = float(values[best_i]), len(values) - 1 - best_i
+            checkpoint.best = best
+            if early is not None:
+                early.best, early.best_epoch, early.wait = best, best_i, since
+                if early.restore_best_weights and os.path.exists(best_path):
+                    from .model import load_keras_file  # noqa: PLC0415
+                    early.best_weights = load_keras_file(best_path).get_weights()
+            if reducer is not None:
+                lrs = hist.get("learning_rate", [])[:len(values)]
+                changed = max([i for i in range(1, len(lrs)) if lrs[i] != lrs[i - 1]], default=0)
+                reducer.best = best
+                reducer.wait = len(values) - 1 - max(best_i, changed)
+
+    return Resume()
+
+
 def curves_callback(path: str | os.PathLike, csv_path: str | os.PathLike | None = None):
     """Redraw the training curves PNG at each epoch end: every epoch so far from
     ``csv_path`` (written by a CSVLogger placed before this callback), else the
@@ -90,6 +132,8 @@ def plot_curves(hist: dict[str, list[float]], path: str | os.PathLike) -> None:
     # (a host application such as QGIS keeps its own)
     from matplotlib.figure import Figure  # noqa: PLC0415  (optional, heavy)
 
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
     fig = Figure(figsize=(9, 3.5), dpi=100)
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "mean_iou")):
@@ -97,6 +141,7 @@ def plot_curves(hist: dict[str, list[float]], path: str | os.PathLike) -> None:
             if k2 in hist:
                 ax.plot(range(1, len(hist[k2]) + 1), hist[k2], style, label=k2)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_title(key + (" (excl. background)" if key == "mean_iou" else ""))
         ax.legend()
         ax.grid(alpha=0.3)

@@ -75,10 +75,16 @@ class ModelConfig:
                 raise ConfigError(f"model.metrics: {name!r} is not supported (geoseg reports per-class "
                                   "IoU and Dice; use 'iou')")
         if self.model == "flexunet":
-            m = 2 ** (self.num_layers - 1)
+            m = self.tile_multiple
             if self.image_width % m or self.image_height % m:
                 raise ConfigError(f"model.image_width/image_height must be multiples of {m} "
                                   f"for num_layers = {self.num_layers}")
+
+    @property
+    def tile_multiple(self) -> int:
+        """What the network's input sides must be multiples of: its downsampling factor
+        (``2 ** (num_layers - 1)`` for the FlexUNet, 32 for an encoder UNet)."""
+        return 2 ** (self.num_layers - 1) if self.model == "flexunet" else 32
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,8 @@ class MaskConfig:
 class TiledInferConfig:
     """[tiledinfer]: tiled inference (the engine's tile and overlap)."""
 
-    overlapping: int = 32                   # pixels shared by neighbouring windows
+    overlapping: int = 32                   # pixels shared by neighbouring windows (< tile_size / 2)
+    tile_size: int = 0                      # window size in px (0: the model's, train.tile_size)
     images_dir: str = ""                    # segmented (tiled) after training, and for
     output_dir: str = ""                    #   epoch_change_tiledinfer previews
     blend: str = "crop"                     # crop | cosine
@@ -183,6 +190,12 @@ class TiledInferConfig:
     def __post_init__(self) -> None:
         if self.overlapping < 0:
             raise ConfigError(f"tiledinfer.overlapping must not be negative, got {self.overlapping}")
+        if self.tile_size < 0:
+            raise ConfigError(f"tiledinfer.tile_size must not be negative (0: the model's), got {self.tile_size}")
+        if self.tile_size and 2 * self.overlapping >= self.tile_size:
+            raise ConfigError(f"tiledinfer.overlapping = {self.overlapping} must be less than half of "
+                              f"tiledinfer.tile_size = {self.tile_size} (neighbouring windows share the "
+                              "overlap: each window needs a core of its own)")
         from .unit import BLENDS  # noqa: PLC0415  (the engine's registry; it imports rasterio)
         if self.blend not in BLENDS:
             raise ConfigError(f"tiledinfer.blend must be one of {', '.join(BLENDS)}, got {self.blend!r}")
@@ -207,6 +220,25 @@ class Config:
                                   f"{self.model.num_classes}")
         if self.model.head == "sigmoid" and self.model.num_classes != 2:
             raise ConfigError("model.head = sigmoid needs model.num_classes = 2")
+        self._check_tiling()
+
+    def _check_tiling(self) -> None:
+        """The inference windows the bundle recommends (``train.tile_size``/``overlap``)
+        and those of ``[tiledinfer]`` (post-training inference, epoch previews) are used
+        as given or refused here, before training: never changed silently."""
+        t, ti, mult = self.train, self.tiledinfer, self.model.tile_multiple
+        for key, tile in (("train.tile_size", t.tile_size), ("tiledinfer.tile_size", ti.tile_size)):
+            if tile and (tile < 16 or tile % mult):
+                raise ConfigError(f"{key} = {tile} must be a multiple of {mult} (the network's downsampling "
+                                  f"factor for model = {self.model.model!r}) and at least 16")
+        if 2 * t.overlap >= t.tile_size:
+            raise ConfigError(f"train.overlap = {t.overlap} must be less than half of train.tile_size = "
+                              f"{t.tile_size} (neighbouring windows share the overlap)")
+        if not ti.tile_size and 2 * ti.overlapping >= t.tile_size:
+            raise ConfigError(f"tiledinfer.overlapping = {ti.overlapping} must be less than half of the window "
+                              f"size, which is train.tile_size = {t.tile_size} (tiledinfer.tile_size is not set): "
+                              f"set [tiledinfer] tile_size (e.g. {4 * ti.overlapping} for the seed's "
+                              f"{4 * ti.overlapping}/{ti.overlapping}) or a smaller overlapping")
 
 
 def _positive(obj, *names: str) -> None:
@@ -398,10 +430,8 @@ def _build(raw: dict[str, dict[str, Any]], source: str) -> Config:
         kwargs = {}
         for key, value in values.items():
             if key not in hints:
-                hint = difflib.get_close_matches(key, list(hints), n=1)
-                raise ConfigError(f"{source}: unknown key '{sname}.{key}'"
-                                  + (f" (did you mean '{sname}.{hint[0]}'?)" if hint else ""))
-            kwargs[key] = _convert(value, hints[key], f"{sname}.{key}")
+                raise ConfigError(f"{source}: unknown key '{sname}.{key}'{_key_hint(sname, key, hints)}")
+            kwargs[key] = _convert(value, hints[key], f"{source}: {sname}.{key}")
         try:
             parts[sname] = cls(**kwargs)
         except ConfigError as e:
@@ -410,6 +440,16 @@ def _build(raw: dict[str, dict[str, Any]], source: str) -> Config:
         return Config(**parts)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+def _key_hint(sname: str, key: str, hints: dict) -> str:
+    """For a key unknown in ``[sname]``: the section(s) it belongs in, else the
+    nearest key of ``[sname]``."""
+    home = [f"[{n}]" for n in _SECTIONS if n != sname and key in typing.get_type_hints(_section_class(n))]
+    if home:
+        return f": '{key}' belongs in {' or '.join(home)}"
+    near = difflib.get_close_matches(key, list(hints), n=1)
+    return f" (did you mean '{sname}.{near[0]}'?)" if near else ""
 
 
 def load_config(path: str | Path) -> Config:

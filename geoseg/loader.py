@@ -14,6 +14,7 @@ Keras and TensorFlow are imported only when a data set is made (:mod:`geoseg.mod
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import re
@@ -244,19 +245,56 @@ class _NeverRaised(Exception):
     pass
 
 
+def _release_input(e: BaseException) -> None:
+    """Free the input pipeline a failed ``fit`` leaves behind, now.
+
+    The frames ``fit`` ran in (Keras' epoch iterator, the tf.data iterator) stay alive
+    after an error: the exception's traceback, and those of the errors it was raised
+    from, hold them (Keras and TensorFlow cut their own frames out of a traceback, but
+    a frame left in it still reaches them through ``f_back``). They would be freed by
+    the garbage collection at interpreter exit, where the iterator's destructor waits
+    for the reader calls in flight, which need the GIL that no thread may take any
+    more: ``geoseg train`` printed its error and hung (issue 17). Clearing these
+    finished frames' locals (a traceback still prints: it keeps code and line numbers)
+    and collecting frees the iterator while its readers can still finish."""
+    seen_e: set[int] = set()
+    seen_f: set[int] = set()
+    while e is not None and id(e) not in seen_e:
+        seen_e.add(id(e))
+        tb = e.__traceback__
+        while tb is not None:
+            f = tb.tb_frame
+            while f is not None and id(f) not in seen_f:
+                seen_f.add(id(f))
+                try:
+                    f.clear()
+                except RuntimeError:  # still running (ours, our callers'): keeps its locals
+                    pass
+                f = f.f_back
+            tb = tb.tb_next
+        e = e.__cause__ or e.__context__
+    gc.collect()
+
+
 @contextlib.contextmanager
 def reader_errors() -> Iterator[None]:
-    """An error in the chip reader (a chip of another size, an unreadable file) reaches
-    Keras wrapped in a TensorFlow error with a Python traceback: make it one line."""
+    """Around ``fit``: an error in the chip reader (a chip of another size, an
+    unreadable file) reaches Keras wrapped in a TensorFlow error with a Python
+    traceback: make it one line. Any error (a cancel too) frees the input pipeline
+    before it propagates (see :func:`_release_input`)."""
     tf = tensorflow_module()
     # another backend: reader errors arrive as they were raised
     op_error: type[BaseException] = tf.errors.OpError if tf is not None else _NeverRaised
     try:
         yield
     except op_error as e:
+        _release_input(e)
         found = re.findall(r"^\s*([\w.]*(?:Error|Exception)): (.+)$", str(e), re.MULTILINE)
         if not found:
             raise
         name, msg = found[-1]
         raise ConfigError(msg if name.startswith("geoseg.errors.") else
                           f"cannot read a chip: {name.rsplit('.', 1)[-1]}: {msg}") from None
+    except BaseException as e:
+        _release_input(e)
+        raise

@@ -15,6 +15,20 @@ from .model import keras_module
 
 __all__ = ["LOSSES", "make_loss", "make_confusion_metric"]
 
+
+def _sigmoid_p1(y_true, y_pred):
+    """A sigmoid head's probability of class 1, shaped as the masks ``y_true`` (N, H, W).
+
+    The head outputs (N, H, W, 1), but Keras' loss wrapper squeezes a trailing axis of
+    1 when the masks have one rank less, so the loss may get (N, H, W): taking
+    ``[..., 0]`` of that would drop the last pixel axis (issue 17: "Incompatible
+    shapes: [8,128,2] vs. [8,128,128,2]" at the first step)."""
+    if len(y_pred.shape) == len(y_true.shape) + 1:
+        return y_pred[..., 0]
+    if len(y_pred.shape) == len(y_true.shape):
+        return y_pred
+    raise ValueError(f"a sigmoid head's output {tuple(y_pred.shape)} does not fit masks {tuple(y_true.shape)}")
+
 #: ``[model] loss`` values (the last two with a sigmoid head).
 LOSSES = ("categorical_crossentropy", "dice", "ce_dice", "focal", "binary_crossentropy", "bce_dice")
 
@@ -34,7 +48,7 @@ def make_loss(name: str, n_classes: int, ignore: int, class_weights=(), head: st
         valid = ops.cast(ops.not_equal(y, ignore), "float32")
         yc = ops.where(ops.equal(y, ignore), ops.zeros_like(y), y)
         if head == "sigmoid":
-            p1 = ops.clip(y_pred[..., 0], eps, 1 - eps)
+            p1 = ops.clip(_sigmoid_p1(y_true, y_pred), eps, 1 - eps)
             p = ops.stack([1 - p1, p1], axis=-1)
         else:
             p = ops.clip(y_pred, eps, 1.0)
@@ -87,7 +101,7 @@ def make_confusion_metric(n_classes: int, ignore: int, background: int | None, h
         def update_state(self, y_true, y_pred, sample_weight=None):
             y = ops.reshape(ops.cast(y_true, "int32"), (-1,))
             if head == "sigmoid":
-                pr = ops.cast(ops.reshape(y_pred[..., 0], (-1,)) > 0.5, "int32")
+                pr = ops.cast(ops.reshape(_sigmoid_p1(y_true, y_pred), (-1,)) > 0.5, "int32")
             else:
                 pr = ops.reshape(ops.argmax(y_pred, axis=-1), (-1,))
             valid = ops.not_equal(y, ignore)

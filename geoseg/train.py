@@ -23,6 +23,7 @@ in-memory trainer the bundled demo model is made with is ``scripts/train_demo_mo
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import ClassInfo, InputSpec, ModelMeta
-from .callbacks import curves_callback, epoch_preview_callback, progress_callback, read_history
+from .callbacks import curves_callback, epoch_preview_callback, progress_callback, read_history, resume_callback
 from .chips import MaskRule, list_chips, list_images, read_chip
 from .config import config_to_toml
 from .errors import ConfigError, GeosegError, OutputExistsError
@@ -45,7 +46,7 @@ from .predict import PredictOptions, predict_many
 from .progress import CancelFn, ProgressFn, Reporter
 from .unit import input_gain_bias
 
-__all__ = ["train", "WorkflowResult", "InitWeights", "load_init_weights", "copy_weights"]
+__all__ = ["train", "WorkflowResult", "InitWeights", "load_init_weights", "copy_weights", "resumable_epochs"]
 
 #: Files a run writes into ``train.model_dir`` beside the bundle and the backup.
 _RUN_FILES = frozenset({"config.toml", "history.csv", "best.keras", "training_curves.png"})
@@ -75,6 +76,18 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress: ProgressF
     ``is_cancelled()`` turns true the run stops after the current batch with
     :class:`~geoseg.errors.Cancelled`, writes no bundle, and removes a ``model_dir``
     it created unless that holds a resumable backup.
+
+    Which run it is, from what ``model_dir`` holds:
+
+    * ``backup/`` (an interrupted run): it resumes after the last finished epoch;
+      ``history.csv`` goes on, and the best epoch so far (from the history) is what
+      the checkpoint, early stopping and the learning-rate reducer start from;
+    * a bundle (a finished run) and ``train.epochs`` more than the epochs in its
+      ``history.csv``: it extends that run, from ``best.keras`` (the kept epoch's
+      weights and optimizer state), numbering epochs on from the last one; with
+      fewer epochs it is :class:`OutputExistsError` unless ``overwrite``, which
+      starts over from epoch 1;
+    * else a fresh run.
     """
     reporter = Reporter(progress, is_cancelled)
     reporter.check()
@@ -93,12 +106,12 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress: ProgressF
     train_pairs, val_pairs = _chip_sets(cfg)
     out_dir = Path(t.model_dir)
     bundle = Path(t.output) if t.output else out_dir / "model.geoseg"
-    if bundle.exists() and not overwrite:
-        raise OutputExistsError(f"model exists: {bundle}", option="overwrite")
+    start = _run_start(cfg, out_dir, bundle, overwrite)
     n_bands, dtype = _check_chips(train_pairs[0], rule, ignore, m)
     jobs = _inference_jobs(cfg)
     init = load_init_weights(m.init_weights)
     spec = _input_scaling(cfg, init, n_bands, dtype, train_pairs, rule)
+    spec = replace(spec, pixel_size=spec.pixel_size or _chip_pixel_size(train_pairs[0][0]))
     reporter.check()
 
     keras.utils.set_random_seed(t.seed)
@@ -112,19 +125,25 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress: ProgressF
     ds_train = make_dataset(train_pairs, shuffle=True, augment=t.augment, endless=True, **kw)
     ds_val = make_dataset(val_pairs, shuffle=False, augment=False, **kw)
     net, multiple, metric = _network(m, k, n_bands, init, ignore, bg, t.class_weights)
-    meta = _bundle_meta(cfg, bundle.stem, spec, multiple, bg)
+    meta = _bundle_meta(cfg, _bundle_name(cfg, bundle), spec, multiple, bg)
 
     made = [q for q in (_missing_root(d) for d in _run_dirs(cfg, out_dir)) if q is not None]
     existed = {n for n in _RUN_FILES if (out_dir / n).exists()}
     for d in _run_dirs(cfg, out_dir):
         d.mkdir(parents=True, exist_ok=True)
     try:
-        cbs = _callbacks(cfg, out_dir, meta, val_pairs, reporter, steps)
+        if start == "extend":
+            # a finished run goes on from its kept model: weights and optimizer state
+            net.optimizer.build(net.trainable_variables)
+            net.load_weights(str(out_dir / "best.keras"))
+        cbs = _callbacks(cfg, out_dir, meta, val_pairs, reporter, steps, fresh=start == "fresh")
         (out_dir / "config.toml").write_text(config_to_toml(cfg))
         t0 = time.perf_counter()
+        done = len(read_history(out_dir / "history.csv").get("loss", [])) if start == "extend" else 0
         with reader_errors():
             hist = net.fit(ds_train, validation_data=ds_val, epochs=t.epochs, steps_per_epoch=steps,
-                           callbacks=cbs, verbose=verbose, shuffle=False)  # the input pipeline shuffles
+                           callbacks=cbs, verbose=verbose, shuffle=False,  # the input pipeline shuffles
+                           initial_epoch=done)  # a resumed run: BackupAndRestore sets it
             seconds = time.perf_counter() - t0
             scores = _validation_scores(net, metric, ds_val, meta, reporter)
         reporter.check()
@@ -175,6 +194,68 @@ def _chip_sets(cfg) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     return train_pairs, val_pairs
 
 
+def _run_start(cfg, out_dir: Path, bundle: Path, overwrite: bool) -> str:
+    """How this run starts: ``"resume"`` (``model_dir/backup`` holds an interrupted
+    run), ``"extend"`` (a finished run, and more ``train.epochs`` than it was given:
+    than its ``config.toml`` says and than its history has), or ``"fresh"``; a
+    finished run that cannot be extended is :class:`OutputExistsError` unless
+    ``overwrite`` (which starts over). A run that stopped early is not extended by
+    running it again as it was."""
+    if resumable_epochs(out_dir) is not None:
+        return "resume"
+    if not bundle.exists() or overwrite:
+        return "fresh"
+    done = len(read_history(out_dir / "history.csv").get("loss", []))
+    given = max(done, _epochs_given(out_dir / "config.toml"))
+    if done and cfg.train.epochs > given and (out_dir / "best.keras").exists():
+        return "extend"
+    why = ""
+    if done:
+        why = (f" (its run has {done} epochs: more epochs extend it)" if done == given else
+               f" (its run stopped early, after {done} of {given} epochs: more than {given} epochs extend it)")
+    raise OutputExistsError(f"model exists: {bundle}{why}", option="overwrite")
+
+
+def _epochs_given(path: Path) -> int:
+    """``train.epochs`` of the config a run recorded in its ``model_dir`` (0 if none)."""
+    import tomllib  # noqa: PLC0415
+    try:
+        return int(tomllib.loads(path.read_text())["train"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def resumable_epochs(model_dir: str | Path) -> int | None:
+    """The epochs an interrupted run in ``model_dir`` has finished (its resume backup
+    says so), or None when there is nothing to resume."""
+    meta = Path(model_dir) / "backup" / "training_metadata.json"
+    try:
+        return int(json.loads(meta.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _bundle_name(cfg, bundle: Path) -> str:
+    """The bundle's name: ``train.output``'s file name, else the ``model_dir``
+    folder's (``work/binary_water`` -> ``binary_water``)."""
+    if cfg.train.output:
+        return bundle.stem
+    return Path(cfg.train.model_dir).absolute().resolve().name or bundle.stem
+
+
+def _chip_pixel_size(image: str) -> float | None:
+    """The pixel size of a georeferenced chip in a projected CRS (its units, metres for
+    UTM), which the bundle records so ``predict`` warns on other resolutions; None for
+    an ungeoreferenced one."""
+    import rasterio  # noqa: PLC0415
+
+    from .sources import is_georeferenced  # noqa: PLC0415
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(image) as src:
+        if not (is_georeferenced(src) and src.crs.is_projected):
+            return None
+        return round(math.sqrt(abs(src.transform.determinant)), 6)
+
+
 def _check_chips(pair: tuple[str, str], rule: MaskRule, ignore: int, m) -> tuple[int, np.dtype]:
     """Bands and data type of the chips, checked against ``[model]`` on the first chip
     (the loader checks every chip as it reads it)."""
@@ -217,11 +298,10 @@ def _network(m, k: int, n_bands: int, init: "InitWeights | None", ignore: int, b
         net = build_unet(k, n_bands, base_filters=m.base_filters, base_kernels=m.base_kernels[0],
                          num_layers=m.num_layers, dropout_rate=m.dropout_rate, dilation=m.dilation[0],
                          batch_norm=m.batch_norm, head=m.head)
-        multiple = 2 ** (m.num_layers - 1)
     else:
         net = build_backbone_unet(m.model, k, n_bands, weights=m.encoder_weights, head=m.head,
                                   dropout_rate=m.dropout_rate)
-        multiple = 32
+    multiple = m.tile_multiple
     if init is not None:
         copy_weights(init, net, m.init_weights)
     if m.show_summary:
@@ -234,11 +314,6 @@ def _network(m, k: int, n_bands: int, init: "InitWeights | None", ignore: int, b
     return net, multiple, metric
 
 
-def _overlap(overlap: int, tile: int) -> int:
-    """An overlap that leaves every window a core (``< tile / 2``)."""
-    return min(overlap, tile // 2 - 1)
-
-
 def _bundle_meta(cfg, name: str, spec: InputSpec, multiple: int, background: int | None) -> ModelMeta:
     """The bundle's metadata known before training: classes, scaling, tiling."""
     t, k = cfg.train, cfg.model.num_classes
@@ -246,7 +321,7 @@ def _bundle_meta(cfg, name: str, spec: InputSpec, multiple: int, background: int
     colors = list(t.class_colors) or [_PALETTE[i % len(_PALETTE)] for i in range(k)]
     return ModelMeta(
         name=name, classes=tuple(ClassInfo(i, names[i], colors[i].upper()) for i in range(k)), input=spec,
-        tile_size=max(multiple, (t.tile_size // multiple) * multiple), overlap=_overlap(t.overlap, t.tile_size),
+        tile_size=t.tile_size, overlap=t.overlap,  # checked against the network when the config was read
         tile_multiple=multiple, head=cfg.model.head, background=background)
 
 
@@ -271,34 +346,41 @@ def _missing_root(d: Path) -> Path | None:
     return top
 
 
-def _callbacks(cfg, out_dir: Path, meta: ModelMeta, val_pairs, reporter: Reporter, steps: int) -> list:
+def _callbacks(cfg, out_dir: Path, meta: ModelMeta, val_pairs, reporter: Reporter, steps: int,
+               fresh: bool = True) -> list:
     """Checkpoint (best validation score), resume backup, history CSV, early stopping,
-    learning-rate reducer, curves, epoch previews, then progress and cancel."""
+    learning-rate reducer, the state they go on from in a resumed or extended run,
+    curves, epoch previews, then progress and cancel."""
     keras = keras_module()
     t = cfg.train
     last = t.metrics[-1] if t.metrics else "val_iou"
     monitor, mode = ("val_loss", "min") if last.endswith("loss") else ("val_mean_iou", "max")
-    if not (out_dir / "backup").exists():
-        # a fresh run (not a resumed one): the history of an earlier run here does not continue
+    if fresh:
+        # not a resumed or extended run: the history of an earlier run here does not continue
         (out_dir / "history.csv").unlink(missing_ok=True)
-    cbs = [keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
-           keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor=monitor, mode=mode,
-                                           save_best_only=True),
+    checkpoint = keras.callbacks.ModelCheckpoint(str(out_dir / "best.keras"), monitor=monitor, mode=mode,
+                                                 save_best_only=True)
+    cbs = [keras.callbacks.BackupAndRestore(str(out_dir / "backup")), checkpoint,
            keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True)]
+    early = reducer = None
     if t.patience > 0:
-        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=t.patience,
-                                                 restore_best_weights=True))
+        early = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=t.patience,
+                                              restore_best_weights=True)
+        cbs.append(early)
     if t.learning_rate_reducer:
-        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=t.reducer_factor,
-                                                     patience=t.reducer_patience, min_lr=1e-7))
+        reducer = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=t.reducer_factor,
+                                                    patience=t.reducer_patience, min_lr=1e-7)
+        cbs.append(reducer)
+    if not fresh:
+        cbs.append(resume_callback(out_dir / "history.csv", out_dir / "best.keras", monitor, mode, checkpoint,
+                                   early, reducer))
     cbs.append(curves_callback(out_dir / "training_curves.png", out_dir / "history.csv"))
     if t.epoch_change_infer or t.epoch_change_tiledinfer:
         tiled = t.epoch_change_tiledinfer
         src_dir = cfg.tiledinfer.images_dir if tiled else cfg.infer.images_dir
         images = (list_images(src_dir, "folder of images to infer each epoch") if src_dir
                   else [p[0] for p in val_pairs])[: t.num_infer_images]
-        opts = PredictOptions(overlap=_overlap(cfg.tiledinfer.overlapping, meta.tile_size),
-                              blend=cfg.tiledinfer.blend)
+        opts = _tiled_options(cfg.tiledinfer)
         out = t.epoch_change_tiledinfer_dir if tiled else t.epoch_change_infer_dir
         cbs.append(epoch_preview_callback(images, out, meta, opts, reporter.cancelled))
     cbs.append(progress_callback(reporter, steps))
@@ -350,8 +432,7 @@ def _inference_jobs(cfg) -> list[tuple[list[str], Path, PredictOptions]]:
     bundle after training (class GeoTIFF, areas CSV and preview per image); checked
     before training so a wrong folder is not found hours later."""
     jobs = []
-    for sec, opts in ((cfg.infer, PredictOptions()),
-                      (cfg.tiledinfer, PredictOptions(overlap=cfg.tiledinfer.overlapping, blend=cfg.tiledinfer.blend))):
+    for sec, opts in ((cfg.infer, PredictOptions()), (cfg.tiledinfer, _tiled_options(cfg.tiledinfer))):
         if sec.images_dir and sec.output_dir:
             jobs.append((list_images(sec.images_dir, "images_dir"), Path(sec.output_dir), opts))
     return jobs
@@ -361,10 +442,15 @@ def _infer(jobs: list[tuple[list[str], Path, PredictOptions]], bundle: Path, met
            is_cancelled: CancelFn | None = None) -> None:
     """Segment the folders of :func:`_inference_jobs` with the new bundle."""
     for images, dst, opts in jobs:
-        overlap = _overlap(meta.overlap if opts.overlap is None else opts.overlap, meta.tile_size)
         dst.mkdir(parents=True, exist_ok=True)
-        predict_many(images, dst, str(bundle), replace(opts, overlap=overlap), areas=True, preview=True,
-                     overwrite=True, is_cancelled=is_cancelled)
+        predict_many(images, dst, str(bundle), opts, areas=True, preview=True, overwrite=True,
+                     is_cancelled=is_cancelled)
+
+
+def _tiled_options(ti) -> PredictOptions:
+    """``[tiledinfer]``'s windows as given (``tile_size`` 0: the bundle's); the config
+    checked them against the network when it was read."""
+    return PredictOptions(tile_size=ti.tile_size or None, overlap=ti.overlapping, blend=ti.blend)
 
 
 # ------------------------------------------------------------------ init weights

@@ -135,6 +135,20 @@ def test_defaults_and_round_trip(tmp_path):
     ("[mask]\nrgb_map = {(0,0,300):0}\n", "is not a colour"),
     ("[model]\nnum_classes = 2\n[mask]\nrgb_map = {(0,0,0):0, (1,1,1):5}\n", "uses class 5 but model.num_classes is 2"),
     ("[train]\nepochs = [1, 2\n", "cannot read"),
+    # a value error names the file, as an unknown key does
+    ("[train]\nepochs = 2.5\n", "bad.config: train.epochs: expected an integer, got 2.5"),
+    # a key in the wrong section: the section it belongs in, not a neighbour's name
+    ("[model]\nepochs = 3\n", "bad.config: unknown key 'model.epochs': 'epochs' belongs in [train]"),
+    ("[train]\nimages_dir = \"x\"\n", "'images_dir' belongs in [infer] or [tiledinfer]"),
+    # windows: used as given or refused with the reason, never clamped
+    ("[tiledinfer]\noverlapping = 128\n", "tiledinfer.overlapping = 128 must be less than half of the window "
+     "size, which is train.tile_size = 256 (tiledinfer.tile_size is not set): set [tiledinfer] tile_size "
+     "(e.g. 512 for the seed's 512/128)"),
+    ("[tiledinfer]\noverlapping = 128\ntile_size = 256\n",
+     "tiledinfer.overlapping = 128 must be less than half of tiledinfer.tile_size = 256"),
+    ("[tiledinfer]\ntile_size = 200\n", "tiledinfer.tile_size = 200 must be a multiple of 16"),
+    ("[model]\nmodel = \"resnet50\"\n[train]\ntile_size = 240\n", "train.tile_size = 240 must be a multiple of 32"),
+    ("[train]\noverlap = 128\n", "train.overlap = 128 must be less than half of train.tile_size = 256"),
 ])
 def test_bad_configs_one_line_errors(tmp_path, text, match):
     p = write(tmp_path, "bad.config", text)
@@ -170,3 +184,12 @@ def test_every_example_config_loads():
         load_config(p)
     a = load_config(root / "s2_water" / "train_eval_infer.config")
     assert a == load_config(root / "s2_water" / "water.toml")
+
+
+def test_tiledinfer_window_of_the_seed_is_honoured(tmp_path):
+    """[tiledinfer] tile_size + overlapping: the seed's 512/128 tiled inference is read
+    as given (the window size is a key; nothing is clamped)."""
+    text = SEED_INI.replace("overlapping = 64", "overlapping = 128\ntile_size   = 512")
+    cfg = load_config(write(tmp_path, "seed.config", text))
+    assert (cfg.tiledinfer.tile_size, cfg.tiledinfer.overlapping) == (512, 128)
+    assert load_config(write(tmp_path, "seed.config", SEED_INI)).tiledinfer.tile_size == 0  # the model's

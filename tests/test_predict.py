@@ -598,3 +598,17 @@ def test_complex_input_is_refused(make_geotiff, tmp_path, fake_model):
     with pytest.raises(RasterError, match="complex64 values; a model takes real numbers"):
         predict_raster(path, tmp_path / "o.tif", m, forward=fwd)
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_no_crs_warning_offers_nothing_predict_lacks(make_geotiff, tmp_path, fake_model):
+    """predict has no pixel-size option, so its warning for a photo does not suggest one;
+    the areas command, which has it, does."""
+    from geoseg.areas import class_areas
+    from geoseg.errors import NotGeoreferencedWarning
+    path = make_geotiff(np.ones((3, 20, 20), np.float32), crs=None, transform=rasterio.Affine.identity())
+    m, fwd = fake_model
+    with pytest.warns(NotGeoreferencedWarning) as rec:
+        predict_raster(path, tmp_path / "o.tif", m, forward=fwd, areas_path=tmp_path / "o.csv")
+    assert all("pixel size" not in str(w.message) for w in rec)
+    with pytest.warns(NotGeoreferencedWarning, match="give a pixel size"):
+        class_areas(tmp_path / "o.tif")

@@ -1,6 +1,11 @@
 """The training workflow: a tiny real run, losses and metrics, bad configs."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +20,8 @@ from geoseg.errors import Cancelled, ConfigError, OutputExistsError
 from geoseg_cli.main import cli
 
 from conftest import water_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = water_config("""epochs = 2
 batch_size = 8
@@ -453,10 +460,27 @@ def test_training_starts_from_a_trained_model(chips, tmp_path):
                                atol=1e-6)  # learning rate 1e-9: still the start weights
 
 
+#: ``geoseg`` whose chip reads in the reader threads take 0.3 s (reads in flight when a
+#: reader error ends the run)
+SLOW_READERS = """
+import threading, time
+import geoseg.loader
+from geoseg_cli.main import main
+read = geoseg.loader.read_chip
+def slow_read(*a, **k):
+    if threading.current_thread() is not threading.main_thread():
+        time.sleep(0.3)
+    return read(*a, **k)
+geoseg.loader.read_chip = slow_read
+main()
+"""
+
+
 @pytest.mark.parametrize("pipeline", ["tf.data", "keras"])
 def test_a_bad_chip_met_while_training_is_a_one_line_error(tmp_path, make_geotiff, pipeline):
     """A chip of another size (or an unreadable one) found by the reader threads mid-run:
-    one line, exit 1, no bundle."""
+    one line, exit 1 (the process ends: it used to hang at exit with tf.data), no bundle,
+    no model folder left behind."""
     if pipeline == "tf.data":
         pytest.importorskip("tensorflow")
     for split in ("train", "valid"):
@@ -486,15 +510,23 @@ mask_datapath = "{tmp_path}/train/masks"
 image_datapath = "{tmp_path}/valid/images"
 mask_datapath = "{tmp_path}/valid/masks"
 """)
-    res = CliRunner().invoke(cli, ["train", str(cfg)])
-    assert res.exit_code == 1
-    assert res.output.strip().splitlines()[-1] == \
-        "Error: chip 5.tif is 3 bands x 48 x 48 px (mask 48 x 48); expected 3 bands x 32 x 32"
-    assert "Traceback" not in res.output and not (tmp_path / "m" / "model.geoseg").exists()
+    # in a process of its own: the tf.data iterator the failed fit left behind was freed
+    # only at interpreter exit, where the reads in flight cannot take the GIL: it hung
+    # there (when reads were in flight: slow ones make sure they are)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", SLOW_READERS, "-q", "train", str(cfg)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 1, (time.perf_counter() - t0, r.stderr)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error")]
+    assert errors == ["Error: chip 5.tif is 3 bands x 48 x 48 px (mask 48 x 48); expected 3 bands x 32 x 32"]
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    assert not (tmp_path / "m").exists()  # no bundle, and no empty model folder
     (tmp_path / "train" / "images" / "2.tif").write_text("not a tiff")
     res = CliRunner().invoke(cli, ["train", str(cfg)])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert res.output.strip().splitlines()[-1].startswith("Error: cannot read chip: ")
+    assert not (tmp_path / "m").exists()
 
 
 SEPARABLE = """[model]
@@ -580,3 +612,220 @@ model_dir = "{d}/keys_model"
     assert cbs["EarlyStopping"].patience == 3 and cbs["EarlyStopping"].monitor == "val_loss"
     assert cbs["ReduceLROnPlateau"].factor == 0.3 and cbs["ReduceLROnPlateau"].patience == 2
     assert cbs["ReduceLROnPlateau"].monitor == "val_loss"
+
+
+SIGMOID = water_config("""epochs = 2
+steps_per_epoch = 3
+batch_size = 8
+patience = 0
+model_dir = "{run}"
+class_names = ["land", "water"]
+""").replace('loss = "ce_dice"', 'head = "sigmoid"\nloss = "{loss}"')
+
+
+@pytest.mark.parametrize("loss", ["dice", "binary_crossentropy"])
+def test_a_sigmoid_head_trains_and_its_bundle_predicts_and_evaluates(chips, tmp_path, loss):
+    """A binary model (one sigmoid channel, as examples/binary_water_dice) trains 2 epochs
+    with Dice or binary cross-entropy (Keras squeezes the (N, H, W, 1) output to the
+    masks' rank before the loss sees it), and its bundle segments a scene into the two
+    classes and is scored by ``evaluate --model``."""
+    from geoseg.model import load_model
+    from geoseg.predict import predict_raster
+    p = tmp_path / "binary.toml"
+    p.write_text(SIGMOID.format(d=chips, run=tmp_path / "run", loss=loss))
+    res = CliRunner().invoke(cli, ["train", str(p)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    bundle = tmp_path / "run" / "model.geoseg"
+    lm = load_model(bundle)
+    assert lm.meta.head == "sigmoid" and lm.keras_model.output_shape[-1] == 1
+    # named after its model_dir (not "model"); the 10 m chips' pixel size is recorded
+    assert lm.meta.name == "run" and lm.meta.input.pixel_size == 10.0
+    hist = np.genfromtxt(tmp_path / "run" / "history.csv", delimiter=",", names=True)
+    assert len(hist) == 2 and np.isfinite(hist["loss"]).all() and np.isfinite(hist["val_mean_iou"]).all()
+    assert 0 <= lm.meta.metrics["validation"]["overall_accuracy"] <= 1
+    out = tmp_path / "pred.tif"
+    predict_raster(SCENE, out, lm)
+    with rasterio.open(out) as o:
+        cls = o.read(1)
+    assert cls.shape == (545, 625) and set(np.unique(cls)) <= {0, 1}
+    res = CliRunner().invoke(cli, ["evaluate", "--model", str(bundle), str(SCENE), str(TRUTH),
+                                   "-o", str(tmp_path / "scene")])
+    assert res.exit_code == 0, res.output
+    assert sorted(q.name for q in tmp_path.glob("scene*"))
+    # the loss and the metric see the output as Keras hands it: squeezed to the masks' rank or not
+    from geoseg.losses import make_confusion_metric, make_loss
+    y = np.array([[[0, 1], [255, 1]]], np.int32)
+    p1 = np.array([[[0.2, 0.6], [0.5, 0.3]]], np.float32)
+    f = make_loss(loss, 2, 255, head="sigmoid")
+    assert float(f(y, p1)) == pytest.approx(float(f(y, p1[..., None])), rel=1e-6)
+    if loss == "binary_crossentropy":
+        assert float(f(y, p1)) == pytest.approx(-(np.log(0.8) + np.log(0.6) + np.log(0.3)) / 3, rel=1e-5)
+    for pred in (p1, p1[..., None]):
+        m = make_confusion_metric(2, 255, background=0, head="sigmoid")
+        m.update_state(y, pred)
+        assert m.matrix().tolist() == [[1, 0], [1, 1]]
+
+
+RESUME = water_config("""epochs = 3
+steps_per_epoch = 2
+batch_size = 4
+patience = 5
+metrics = ["iou", "val_loss"]
+model_dir = "{run}"
+""")
+
+
+def test_interrupt_and_resume_keep_the_best_epoch_overall(chips, tmp_path, monkeypatch):
+    """Ctrl-C after epoch 2 of 3, epoch 1 the best (val_loss forced to 0.1, 0.5, then 0.3):
+    the interrupt message says what was kept and how to resume; the same command goes on
+    at epoch 3, and the best epoch from before the interruption stays the best: best.keras
+    keeps epoch 1, and the bundle has its weights (early stopping restores them)."""
+    import geoseg.train as tr
+    from geoseg.model import keras_module, load_keras_file, load_model
+    keras = keras_module()
+    forced = {0: 0.1, 1: 0.5, 2: 0.3}
+
+    class ForcedValLoss(keras.callbacks.BackupAndRestore):  # the first callback: the others see it
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = forced[epoch]
+            super().on_epoch_end(epoch, logs)
+
+    monkeypatch.setattr(keras.callbacks, "BackupAndRestore", ForcedValLoss)
+    real = tr.curves_callback
+
+    def interrupting(path, csv_path=None):
+        class CtrlC(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 1:
+                    raise KeyboardInterrupt
+        return CtrlC()
+
+    monkeypatch.setattr(tr, "curves_callback", interrupting)
+    run = tmp_path / "run"
+    p = tmp_path / "resume.toml"
+    p.write_text(RESUME.format(d=chips, run=run))
+    res = CliRunner().invoke(cli, ["train", str(p)])
+    assert res.exit_code == 130, res.output
+    msg = res.output.strip().splitlines()[-1]
+    assert msg.startswith("geoseg: interrupted after epoch 2 of 3; no model bundle was written; kept in ")
+    assert "backup/, best.keras, history.csv" in msg
+    assert msg.endswith(f"Resume from epoch 3 with the same command: geoseg train {p}")
+    assert not (run / "model.geoseg").exists()
+    best_epoch1 = load_keras_file(run / "best.keras").get_weights()
+
+    monkeypatch.setattr(tr, "curves_callback", real)
+    res = CliRunner().invoke(cli, ["train", str(p)])
+    assert res.exit_code == 0, res.output
+    hist = np.genfromtxt(run / "history.csv", delimiter=",", names=True)
+    assert hist["epoch"].tolist() == [0, 1, 2] and hist["val_loss"].tolist() == [0.1, 0.5, 0.3]
+    for a, b in zip(load_keras_file(run / "best.keras").get_weights(), best_epoch1):
+        np.testing.assert_array_equal(a, b)  # epoch 3 (0.3) did not replace epoch 1 (0.1)
+    for a, b in zip(load_model(run / "model.geoseg").keras_model.get_weights(), best_epoch1):
+        np.testing.assert_array_equal(a, b)
+    assert not (run / "backup").exists()
+
+
+EXTEND = water_config("""epochs = 2
+steps_per_epoch = 2
+batch_size = 4
+model_dir = "{run}"
+""")
+
+
+def test_more_epochs_extend_a_finished_run(chips, tmp_path):
+    """--epochs N with N more than a finished run's epochs goes on from its last epoch
+    (history 2 -> 3 rows, numbered on; the bundle is written again); as many epochs as
+    it was given is 'model exists'; --overwrite starts over from epoch 1."""
+    from geoseg.bundle import read_metadata
+    run = tmp_path / "run"
+    p = tmp_path / "extend.toml"
+    p.write_text(EXTEND.format(d=chips, run=run))
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(p)]).exit_code == 0
+
+    def epochs():
+        return np.genfromtxt(run / "history.csv", delimiter=",", names=True)["epoch"].tolist()
+
+    assert epochs() == [0, 1] and read_metadata(run / "model.geoseg").provenance["epochs_run"] == 2
+    # a run that stopped early (here: as if given 5 epochs) is not extended by running it again
+    recorded = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(recorded.replace("epochs = 2", "epochs = 5"))
+    res = r.invoke(cli, ["train", str(p), "--epochs", "5"])
+    assert res.exit_code == 1 and "stopped early, after 2 of 5 epochs: more than 5 epochs extend it" in res.output
+    (run / "config.toml").write_text(recorded)
+    res = r.invoke(cli, ["train", str(p), "--epochs", "3"])
+    assert res.exit_code == 0, res.output
+    assert epochs() == [0, 1, 2] and read_metadata(run / "model.geoseg").provenance["epochs_run"] == 3
+    res = r.invoke(cli, ["train", str(p), "--epochs", "3"])
+    assert res.exit_code == 1 and "model exists" in res.output and "its run has 3 epochs" in res.output
+    assert "--overwrite" in res.output
+    res = r.invoke(cli, ["train", str(p), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert epochs() == [0, 1] and read_metadata(run / "model.geoseg").provenance["epochs_run"] == 2
+
+
+def test_tiledinfer_window_reaches_previews_and_inference(chips, tmp_path, monkeypatch):
+    """[tiledinfer] tile_size/overlapping (the seed's 512/128 kind of setting) reach the
+    epoch previews and the post-training inference as given, not clamped to the
+    bundle's window."""
+    import geoseg.train as tr
+    from geoseg.model import keras_module
+    keras = keras_module()
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_fit(self, *args, **kwargs):
+        raise Stop
+
+    def preview(images, out, meta, options, is_cancelled=None):
+        seen["preview"] = options
+        return keras.callbacks.Callback()
+
+    monkeypatch.setattr(keras.Model, "fit", fake_fit)
+    monkeypatch.setattr(tr, "epoch_preview_callback", preview)
+    p = tmp_path / "tiled.toml"
+    p.write_text(water_config("""epochs = 1
+model_dir = "{d}/tiled_model"
+tile_size = 64
+overlap = 8
+epoch_change_tiledinfer = true
+epoch_change_tiledinfer_dir = "{d}/tiled_epochs"
+""", """
+[tiledinfer]
+tile_size = 128
+overlapping = 48
+images_dir = "{d}/infer_in"
+output_dir = "{d}/tiled_out"
+""").format(d=chips))
+    cfg = load_config(p)
+    with pytest.raises(Stop):
+        tr.train(cfg, verbose=0)
+    assert (seen["preview"].tile_size, seen["preview"].overlap) == (128, 48)
+    (_, _, opts), = tr._inference_jobs(cfg)
+    assert (opts.tile_size, opts.overlap) == (128, 48)  # 48 >= 64 / 2: the bundle's window could not take it
+    assert not (chips / "tiled_model").exists()  # the failed run leaves no empty model folder
+
+
+def test_curves_have_whole_epoch_ticks_and_bundles_are_named(tmp_path, monkeypatch):
+    """The curves' epoch axis is ticked at whole epochs (3 epochs gave 1.25, 1.5 ...); a
+    bundle is named after train.output's file, else its model_dir."""
+    from matplotlib.figure import Figure
+
+    from geoseg.callbacks import plot_curves
+    from geoseg.config import Config, TrainConfig
+    from geoseg.train import _bundle_name
+    figs = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figs.append(self), save(self, *a, **k)))
+    plot_curves({"loss": [0.9, 0.5, 0.4], "val_loss": [1.0, 0.6, 0.5], "mean_iou": [0.2, 0.5, 0.6]},
+                tmp_path / "c.png")
+    for ax in figs[0].axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    cfg = Config(train=TrainConfig(model_dir=str(tmp_path / "water_s2")))
+    assert _bundle_name(cfg, tmp_path / "water_s2" / "model.geoseg") == "water_s2"
+    cfg = Config(train=TrainConfig(model_dir=str(tmp_path / "m"), output=str(tmp_path / "lakes.geoseg")))
+    assert _bundle_name(cfg, tmp_path / "lakes.geoseg") == "lakes"
