@@ -66,9 +66,9 @@ M = [
            "small rasters padded with zeros instead of a reflection", PRED),
     Mutant("S6", "sources", "    if not a.transform.almost_equals(b.transform):", "    if False:",
            "misaligned truth scored silently", ("tests/test_evaluate.py", "tests/test_dataset.py")),
-    Mutant("S7", "sources", "        return [names.index(b) + 1 for b in spec.bands]",
-           "        return list(range(1, len(spec.bands) + 1))", "band names ignored (file order taken)",
-           PRED),
+    Mutant("S7", "sources", "        return found  # type: ignore[return-value]",
+           "        return list(range(1, len(found) + 1))  # type: ignore[return-value]",
+           "band names ignored (file order taken)", PRED + ("tests/test_radiometry.py",)),
     # unit: normalise, model, merge
     Mutant("U1", "unit", "acc[dst_sl] += probs[j][src_sl] * weights[src_sl]\n                wsum[dst_sl] += weights[src_sl]",
            "acc[dst_sl] += probs[j][src_sl]\n                wsum[dst_sl] += 1.0", "cosine blending with uniform weights",
