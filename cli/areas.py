@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import CLASS_NAMES, NODATA, overwrite_opt
-from .progress import progress_bar
+from .progress import emit_result, machine, progress_bar, table_records
 
 
 @click.command(short_help="Per-class area statistics of a class raster.")
@@ -59,5 +59,7 @@ def areas(ctx, class_raster, output, nodata, class_names, pixel_size, aoi, zone_
         if not quiet:
             click.echo(format_table(table), err=True)
             click.echo(f"wrote {output}", err=True)
-    else:
+    elif not machine():  # in --progress jsonl mode the table travels in the result event
         click.echo(areas_csv_text(table), nl=False)
+    emit_result("areas", {"areas_csv": output}, kind=table.kind, zone_field=table.zone_field,
+                areas=table_records(table))

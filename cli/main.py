@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from .demo import demo
 from .evaluate import evaluate
 from .info import info
 from .predict import predict
+from .progress import MODES, PROTOCOL, emit, emit_result, machine
 from .tile import tile
 from .train import train
 
@@ -60,11 +62,19 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         try:
+            return self._invoke(ctx)
+        except click.ClickException as e:  # the one-line message, also as a protocol event
+            emit("error", message=e.format_message(), exit_code=e.exit_code)
+            raise
+
+    def _invoke(self, ctx):
+        try:
             return super().invoke(ctx)
         except (Cancelled, KeyboardInterrupt) as e:
             # a command that keeps something (train: its resume backup) says what, and how to go on
-            click.echo(getattr(e, "interrupt_message", None) or "geoseg: interrupted; no output was written",
-                       err=True)
+            msg = getattr(e, "interrupt_message", None) or "geoseg: interrupted; no output was written"
+            click.echo(msg, err=True)
+            emit("cancelled", message=msg)
             ctx.exit(130)
         except GeosegError as e:
             command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
@@ -75,14 +85,28 @@ class _Group(click.Group):
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {message}", err=True)
+    emit("log", level="warning", message=str(message), category=category.__name__)
+
+
+class _ProtocolHandler(logging.Handler):
+    """Log records as protocol ``log`` events (``--progress jsonl``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            emit("log", level=record.levelname.lower(), message=record.getMessage(), logger=record.name)
+        except Exception:  # noqa: BLE001  (logging must never raise)
+            self.handleError(record)
 
 
 @click.group(name="geoseg", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress bar, no summaries.")
+@click.option("--progress", "progress", type=click.Choice(MODES), default="bar", show_default=True,
+              help="How to report: a progress bar on stderr, 'jsonl' (one JSON event per line on stdout, "
+                   "for programs such as the QGIS plugin) or 'none'.")
 @click.version_option(__version__, prog_name="geoseg")
 @click.pass_context
-def cli(ctx, verbose, quiet):
+def cli(ctx, verbose, quiet, progress):
     """Segment satellite and aerial rasters with a UNet and measure class areas.
 
     \b
@@ -101,8 +125,8 @@ def cli(ctx, verbose, quiet):
     rio_verbosity = outer.get("verbosity", 0)
     verbose += max(rio_verbosity, 0)
     quiet = quiet or rio_verbosity < 0
+    ctx.obj = {**outer, "verbose": verbose, "quiet": quiet, "progress": progress}
     _setup(verbose, quiet, plugin=ctx.parent is not None)
-    ctx.obj = {**outer, "verbose": verbose, "quiet": quiet}
 
 
 def _setup(verbose: int, quiet: bool, plugin: bool) -> None:
@@ -115,12 +139,35 @@ def _setup(verbose: int, quiet: bool, plugin: bool) -> None:
     warnings.showwarning = _show_warning
     # Debian's mpl_toolkits (pulled in with QGIS) beside pip's matplotlib: harmless here
     warnings.filterwarnings("ignore", message="Unable to import Axes3D")
+    if machine() and not any(isinstance(h, _ProtocolHandler) for h in logging.getLogger().handlers):
+        logging.getLogger().addHandler(_ProtocolHandler(level=max(level, logging.INFO)))
     if plugin and threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _sigterm)  # `geoseg` itself sets it in main()
 
 
-for _command in (predict, areas, info, demo, evaluate, tile, train):
+@click.command(short_help="Versions and the runner protocol, for programs (no TensorFlow loaded).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def version(as_json):
+    """Print geoseg's version, the --progress jsonl protocol version, this Python and
+    whether a deep-learning backend is installed (found, not imported)."""
+    import importlib.util  # noqa: PLC0415
+    import platform  # noqa: PLC0415
+    found = {m: importlib.util.find_spec(m) is not None for m in ("tensorflow", "jax", "keras", "rasterio")}
+    info = {"geoseg": __version__, "protocol": PROTOCOL, "python": sys.executable,
+            "python_version": platform.python_version(), "keras_backend": os.environ.get("KERAS_BACKEND"),
+            "installed": found}
+    if machine():
+        emit_result("version", {}, **info)
+    elif as_json:
+        click.echo(json.dumps(info))
+    else:
+        have = ", ".join(m for m, ok in found.items() if ok) or "none"
+        click.echo(f"geoseg {__version__} (protocol {PROTOCOL}) on Python {info['python_version']} "
+                   f"[{sys.executable}]; installed: {have}")
+
+
+for _command in (predict, areas, info, demo, evaluate, tile, train, version):
     cli.add_command(_command)
 
 
@@ -133,8 +180,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         cli.main(prog_name="geoseg", standalone_mode=True)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a command (e.g. while importing)
         click.echo("geoseg: interrupted", err=True)
+        if "jsonl" in sys.argv[1:3] or "--progress=jsonl" in sys.argv[1:2]:
+            print(json.dumps({"v": PROTOCOL, "event": "cancelled", "message": "geoseg: interrupted"}), flush=True)
         sys.exit(130)
 
 

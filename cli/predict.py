@@ -8,7 +8,7 @@ import click
 
 from .options import (bands_opt, batch_size_opt, blend_opt, input_offset_opt, input_scale_opt, overlap_opt, overwrite_opt,
                       mask_scl_opt, resample_opt, src_nodata_opt, tile_size_opt, tta_opt)
-from .progress import progress_bar
+from .progress import emit_result, progress_bar, table_records
 
 
 @click.command(short_help="Segment rasters with a model bundle.")
@@ -27,6 +27,11 @@ from .progress import progress_bar
 @mask_scl_opt
 @click.option("--areas", is_flag=True, help="Also write OUTPUT_areas.csv: pixels, m², ha, km² and % per class.")
 @click.option("--confidence", is_flag=True, help="Also write OUTPUT_confidence.tif: winning probability in %.")
+@click.option("--areas-csv", type=click.Path(dir_okay=False), default=None,
+              help="One input: write the area CSV here instead of OUTPUT_areas.csv (implies --areas).")
+@click.option("--confidence-tif", type=click.Path(dir_okay=False), default=None,
+              help="One input: write the confidence raster here instead of OUTPUT_confidence.tif "
+                   "(implies --confidence).")
 @click.option("--preview", is_flag=True, help="Also write OUTPUT_preview.png: class colours over the image.")
 @click.option("--cog", is_flag=True, help="Write Cloud-Optimised GeoTIFFs.")
 @click.option("--stack", is_flag=True,
@@ -36,7 +41,7 @@ from .progress import progress_bar
 @click.pass_context
 def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, bands, input_scale, input_offset, src_nodata,
             resample, mask_scl,
-            areas, confidence, preview,
+            areas, confidence, areas_csv, confidence_tif, preview,
             cog, stack, overwrite):
     """Segment INPUT rasters with MODEL (a .geoseg bundle) into class GeoTIFFs.
 
@@ -60,6 +65,8 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
         raise click.UsageError("give MODEL, at least one INPUT and an OUTPUT")
     *srcs, out = inputs
     quiet = ctx.obj["quiet"]
+    areas = areas or areas_csv is not None
+    confidence = confidence or confidence_tif is not None
     opts = PredictOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, blend=blend,
                           bands=bands, confidence=confidence, tta=tta, input_scale=input_scale,
                           input_offset=input_offset, src_nodata=src_nodata, resample=resample,
@@ -71,6 +78,9 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
         srcs = [list(srcs)]
     if len(srcs) > 1 and not out_p.is_dir():
         raise click.ClickException(f"with several inputs the output must be an existing directory: {out}")
+    if (areas_csv or confidence_tif) and out_p.is_dir():
+        raise click.UsageError("--areas-csv and --confidence-tif name the side outputs of one output file, "
+                               "not of a directory")
     failed = None
     with progress_bar("segmenting", quiet) as cb:
         if out_p.is_dir():
@@ -81,9 +91,21 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
             except BatchError as e:  # the others were written: report them, then the failures
                 results, failed = e.results, e
         else:
+            sides = sidecar_paths(out_p, areas, confidence, preview)
+            sides["areas_path"] = areas_csv or sides["areas_path"]
+            sides["confidence_path"] = confidence_tif or sides["confidence_path"]
             results = [predict_raster(srcs[0], out_p, model, opts, overwrite=overwrite, cog=cog, progress=cb,
-                                      **sidecar_paths(out_p, areas, confidence, preview))]
+                                      **sides)]
     _report(results, areas, quiet)
+    emit_result("predict", {"output": out_p},
+                results=[{"outputs": {"classes": str(r.output), "qml": str(r.output.with_suffix(".qml")),
+                                      "confidence": r.confidence and str(r.confidence),
+                                      "areas_csv": r.areas_csv and str(r.areas_csv),
+                                      "preview": r.preview and str(r.preview)},
+                          "width": r.width, "height": r.height, "seconds": round(r.seconds, 3),
+                          "windows": r.n_windows, "windows_run": r.n_windows_run,
+                          "areas": table_records(r.areas)} for r in results],
+                failed=[{"input": str(i), "message": str(e)} for i, e in (failed.failures if failed else [])])
     if failed is not None:
         raise failed  # one line: which inputs failed and why
 

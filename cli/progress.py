@@ -1,17 +1,90 @@
-"""A click progress bar fed by the core's progress callback."""
+"""How a command reports while it runs: a click progress bar for people, or the
+JSON-lines protocol for programs (``geoseg --progress jsonl ...``; the QGIS plugin).
+
+The protocol (version :data:`PROTOCOL`): one JSON object per line on standard output,
+each with ``"v"`` and ``"event"``:
+
+- ``{"event": "progress", "done": n, "total": m, "label": ...}`` as units finish;
+- ``{"event": "log", "level": "warning", "message": ...}`` for warnings and log records;
+- ``{"event": "result", "command": ..., "outputs": {...}, ...}`` once, at the end;
+- ``{"event": "error", "message": ...}`` (exit code 1, or 2 for a usage error) or
+  ``{"event": "cancelled"}`` (exit code 130, SIGTERM or SIGINT; no output left).
+
+Human-readable logs still go to standard error; nothing else is written to standard
+output in this mode.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 import sys
+import threading
 
 import click
+
+PROTOCOL = 1
+MODES = ("bar", "jsonl", "none")
+_lock = threading.Lock()
+
+
+def mode() -> str:
+    """The running command's progress mode (``bar`` outside a geoseg command)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj.get("progress", "bar") if isinstance(obj, dict) else "bar"
+
+
+def machine() -> bool:
+    """True in ``--progress jsonl`` mode: standard output carries protocol lines only."""
+    return mode() == "jsonl"
+
+
+def emit(event: str, **fields) -> None:
+    """Write one protocol line (a no-op unless in ``jsonl`` mode)."""
+    if not machine():
+        return
+    line = json.dumps({"v": PROTOCOL, "event": event, **fields}, default=str, allow_nan=False)
+    with _lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def table_records(table) -> list[dict]:
+    """An area table as the rows of its CSV (same columns; numbers as numbers)."""
+    from geoseg.areas import areas_csv_text  # noqa: PLC0415
+    rows = []
+    for r in csv.DictReader(io.StringIO(areas_csv_text(table))):
+        rec = {}
+        for k, v in r.items():
+            if k in ("class_id", "pixels"):
+                rec[k] = int(v)
+            elif k in ("area_m2", "area_ha", "area_km2", "percent"):
+                rec[k] = float(v) if v != "" else None
+            else:
+                rec[k] = v
+        rows.append(rec)
+    return rows
+
+
+def emit_result(command: str, outputs: dict, **fields) -> None:
+    """The final ``result`` event: ``outputs`` maps a role to a path (None: not written)."""
+    emit("result", command=command,
+         outputs={k: (None if v is None else str(v)) for k, v in outputs.items()}, **fields)
 
 
 @contextlib.contextmanager
 def progress_bar(label: str, quiet: bool):
-    """Yields a ``progress(done, total)`` callback drawing a bar on stderr (TTY only)."""
-    if quiet or not sys.stderr.isatty():
+    """Yields a ``progress(done, total)`` callback: a bar on stderr (TTY only), or
+    protocol ``progress`` events in ``jsonl`` mode."""
+    if machine():
+        def report(done: int, total: int) -> None:
+            emit("progress", done=int(done), total=int(total), label=label)
+        yield report
+        return
+    if quiet or mode() == "none" or not sys.stderr.isatty():
         yield None
         return
     state = {"bar": None, "done": 0}

@@ -10,8 +10,10 @@ code runs on JAX: jit-compiled forward pass, training fed by a Keras PyDataset.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import logging
 import os
 import sys
 import tempfile
@@ -44,6 +46,31 @@ def _preload_sqlite() -> None:
         _PRELOADED = True
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced(active: bool = True):
+    """Silence file descriptor 2 while TensorFlow loads: its C++ start-up lines (absl's
+    "All log messages before absl::InitializeLog()", oneDNN notices) ignore
+    ``TF_CPP_MIN_LOG_LEVEL``. Kept when debug logging is on (``-vv``). Python errors
+    still propagate as exceptions."""
+    if not active or logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def keras_module():
     """Import and return ``keras`` (Keras 3), with a clear error when it is missing.
 
@@ -56,7 +83,8 @@ def keras_module():
             and importlib.util.find_spec("tensorflow") is None and importlib.util.find_spec("jax") is not None):
         os.environ["KERAS_BACKEND"] = "jax"
     try:
-        import keras  # noqa: PLC0415
+        with _native_stderr_silenced("keras" not in sys.modules):
+            import keras  # noqa: PLC0415
     except ImportError as e:
         raise MissingDependencyError(
             f"Keras/TensorFlow is needed for this command ({e}); install it with "

@@ -85,33 +85,37 @@ def class_profile(width: int, height: int, crs, transform, block: int) -> dict:
     return prof
 
 
-def colormap(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int]]:
-    """Colour table 0..max class id (ids without a class are transparent)."""
+def colormap(classes: Sequence[ClassInfo], background: int | None = None) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table 0..max class id (ids without a class, and the model's background
+    class, are transparent: the imagery shows through in a GIS)."""
     cmap = {i: (0, 0, 0, 0) for i in range(max(c.id for c in classes) + 1)}
     for c in classes:
-        cmap[c.id] = (*c.rgb, 255)
+        cmap[c.id] = (*c.rgb, 0 if c.id == background else 255)
     return cmap
 
 
-def tag_class_dataset(dst, classes: Sequence[ClassInfo], extra_tags: dict | None = None) -> None:
+def tag_class_dataset(dst, classes: Sequence[ClassInfo], extra_tags: dict | None = None,
+                      background: int | None = None) -> None:
     """Colour table, class-name tag and band description on an open dataset."""
     tags = {CLASSES_TAG: json.dumps([{"id": c.id, "name": c.name, "color": c.color} for c in classes])}
     tags.update(extra_tags or {})
-    dst.write_colormap(1, colormap(classes))
+    dst.write_colormap(1, colormap(classes, background))
     dst.update_tags(**tags)
     dst.set_band_description(1, "class")
 
 
 def style_class_raster(path: str | os.PathLike, classes: Sequence[ClassInfo], extra_tags: dict | None = None,
-                       qml_path: str | os.PathLike | None = None, tag: bool = True) -> None:
+                       qml_path: str | os.PathLike | None = None, tag: bool = True,
+                       background: int | None = None) -> None:
     """Colour table and class-name tags (unless ``tag=False``: already done while
-    writing), a GDAL raster attribute table (``.aux.xml``, written by GDAL itself when
-    its Python bindings are available) and a QGIS ``.qml`` style."""
+    writing), a GDAL raster attribute table and category names (``.aux.xml``, written
+    by GDAL itself when its Python bindings are available) and a QGIS ``.qml`` style.
+    The ``background`` class is drawn transparent."""
     if tag:
         with thread_env(), rasterio.open(path, "r+") as dst:
-            tag_class_dataset(dst, classes, extra_tags)
+            tag_class_dataset(dst, classes, extra_tags, background)
     write_rat(path, classes)
-    write_qml(qml_path or Path(path).with_suffix(".qml"), classes)
+    write_qml(qml_path or Path(path).with_suffix(".qml"), classes, background)
 
 
 def write_rat(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> bool:
@@ -136,6 +140,9 @@ def write_rat(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> bool:
             for j, v in enumerate(c.rgb):
                 rat.SetValueAsInt(row, 2 + j, int(v))
         band.SetDefaultRAT(rat)
+        # category names: what QGIS shows as legend labels when no .qml came with the file
+        by_id = {c.id: c.name for c in classes}
+        band.SetCategoryNames([by_id.get(i, "") for i in range(max(by_id) + 1)])
         band.FlushCache()
     finally:
         ds = None  # noqa: F841  (closing writes the .aux.xml)
@@ -143,9 +150,10 @@ def write_rat(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> bool:
     return True
 
 
-def write_qml(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> None:
+def write_qml(path: str | os.PathLike, classes: Sequence[ClassInfo], background: int | None = None) -> None:
     """A QGIS layer style (paletted renderer with class names) that QGIS loads
-    automatically for a raster of the same base name."""
+    automatically for a raster of the same base name; the ``background`` class is
+    transparent (tick its alpha back in the layer's symbology to show it)."""
     root = ET.Element("qgis", version="3.22", styleCategories="AllStyleCategories")
     pipe = ET.SubElement(root, "pipe")
     rr = ET.SubElement(pipe, "rasterrenderer", type="paletted", band="1", opacity="1",
@@ -153,7 +161,8 @@ def write_qml(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> None:
     ET.SubElement(rr, "rasterTransparency")
     pal = ET.SubElement(rr, "colorPalette")
     for c in sorted(classes, key=lambda c: c.id):
-        ET.SubElement(pal, "paletteEntry", value=str(c.id), color=c.color.lower(), label=c.name, alpha="255")
+        ET.SubElement(pal, "paletteEntry", value=str(c.id), color=c.color.lower(), label=c.name,
+                      alpha="0" if c.id == background else "255")
     ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0")
     ET.SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", colorizeOn="0")
     ET.indent(root)
@@ -193,9 +202,10 @@ class ClassRasterWriter:
     def __init__(self, target: str | os.PathLike, *, width: int, height: int, crs, transform, block: int,
                  classes: Sequence[ClassInfo], pixel_areas: PixelAreas,
                  confidence_target: str | os.PathLike | None = None, tags: dict[str, str] | None = None,
-                 cog: bool = False):
+                 cog: bool = False, background: int | None = None):
         self._committed = False
         self.classes = tuple(classes)
+        self.background = background
         self.tags = dict(tags or {})
         self.cog = cog
         self.main = AtomicOutput(target)
@@ -249,14 +259,15 @@ class ClassRasterWriter:
     def finish(self) -> None:
         """Tags and colour table, close, RAT and ``.qml``, COG conversion (not committed yet)."""
         with thread_env():
-            tag_class_dataset(self._dst, self.classes, self.tags)
+            tag_class_dataset(self._dst, self.classes, self.tags, self.background)
             if self._cdst is not None:
                 self._cdst.set_band_description(1, "confidence (%)")
                 self._cdst.update_tags(UNITS="percent", **{k: v for k, v in self.tags.items() if k == "GEOSEG_MODEL"})
             self._close()
             # RAT (.aux.xml) and .qml before a COG copy: the colour table and tags travel
             # inside the file, the side-cars stay beside the temporary path.
-            style_class_raster(self.main.tmp, self.classes, qml_path=self.main.tmp.with_suffix(".qml"), tag=False)
+            style_class_raster(self.main.tmp, self.classes, qml_path=self.main.tmp.with_suffix(".qml"), tag=False,
+                               background=self.background)
             if self.cog:
                 for o in self.outputs:
                     to_cog(o)

@@ -154,7 +154,7 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
         with ClassRasterWriter(resolved["output"], width=source.width, height=source.height, crs=source.crs,
                                transform=source.transform, block=plan.grid.block, classes=meta.classes,
                                pixel_areas=px, confidence_target=resolved.get("confidence output"),
-                               tags=output_tags(meta, plan, options), cog=cog) as sink:
+                               tags=output_tags(meta, plan, options), cog=cog, background=meta.background) as sink:
             stats = run_plan(plan, fwd, sink.write, reporter, options.prefetch)
             sink.finish()
             table = sink.table()

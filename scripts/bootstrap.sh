@@ -21,6 +21,8 @@ need_apt=""
 # The tests also open geoseg's outputs in QGIS (headless) to check what a QGIS user sees.
 if [ -n "$extra" ]; then
   /usr/bin/python3 -c "import qgis.core" 2>/dev/null || need_apt="$need_apt python3-qgis qgis-providers"
+  # qgis_process.bin (package qgis) runs the plugin headless, as the tests do
+  [ -x /usr/bin/qgis_process.bin ] || need_apt="$need_apt qgis"
 fi
 if [ -n "$need_apt" ]; then
   echo "bootstrap: installing Debian packages:$need_apt" >&2

@@ -8,6 +8,7 @@ except OSError:
     pass
 
 import os  # noqa: E402
+import sys  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -147,3 +148,51 @@ def box_forward(radius=2, threshold=0.5, batch_sensitive=False):
         p1 = 1.0 / (1.0 + np.exp(-(m - threshold) * 8.0))
         return np.stack([1 - p1, p1], -1).astype(np.float32)
     return fwd
+
+
+# --- headless QGIS 3.22 (tests/in_qgis): one QgsApplication per session (QGIS allows
+# one), Processing initialised, the geoseg plugin loaded from the checkout.
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN_DIR = REPO / "qgis_plugin"
+GEOSEG_EXE = REPO / ".venv" / "bin" / "geoseg"
+QGIS_PLUGINS = "/usr/share/qgis/python/plugins"
+
+
+@pytest.fixture(scope="session")
+def qgis_app():
+    qgis_core = pytest.importorskip("qgis.core")
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    app = qgis_core.QgsApplication([], False)
+    app.initQgis()
+    yield app
+    # exitQgis() is left to process exit: it can crash after TensorFlow was loaded
+
+
+@pytest.fixture(scope="session")
+def qgis_processing(qgis_app):
+    if QGIS_PLUGINS not in sys.path:
+        sys.path.append(QGIS_PLUGINS)
+    from processing.core.Processing import Processing  # noqa: PLC0415
+    Processing.initialize()
+    import processing  # noqa: PLC0415
+    return processing
+
+
+@pytest.fixture(scope="session")
+def geoseg_plugin(qgis_processing):
+    """The plugin as QGIS loads it (classFactory, initProcessing), from the checkout."""
+    if str(PLUGIN_DIR) not in sys.path:
+        sys.path.insert(0, str(PLUGIN_DIR))
+    import geoseg_qgis  # noqa: PLC0415
+    plugin = geoseg_qgis.classFactory(None)
+    plugin.initProcessing()
+    yield plugin
+    plugin.unload()
+
+
+@pytest.fixture
+def geoseg_exe(monkeypatch):
+    """geoseg found through the environment variable (the checkout's .venv)."""
+    monkeypatch.setenv("GEOSEG_EXECUTABLE", str(GEOSEG_EXE))
+    return GEOSEG_EXE

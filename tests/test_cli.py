@@ -519,3 +519,86 @@ def test_evaluate_background_goes_to_the_core(runner, tiny_bundle, rgb_byte, tmp
         got = json.loads(res.stdout)
         assert got["background"] == expect
         assert got["overall_accuracy"] == 1.0   # the same engine made the truth
+
+
+# ---------------------------------------------------------------- --progress jsonl (the runner protocol)
+
+def _events(stdout: str) -> list[dict]:
+    """Every stdout line is one protocol event."""
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert all(e["v"] == 1 and "event" in e for e in events)
+    return events
+
+
+def test_jsonl_protocol_predict_and_areas(tiny_bundle, rgb_byte, tmp_path):
+    out = tmp_path / "c.tif"
+    r = subprocess.run(GEOSEG + ["--progress", "jsonl", "predict", str(tiny_bundle), str(rgb_byte), str(out),
+                                 "--areas-csv", str(tmp_path / "a.csv"), "--confidence-tif", str(tmp_path / "p.tif"),
+                                 "--tile-size", "64", "--overlap", "8"],
+                       capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    # TensorFlow's C++ start-up lines (absl, oneDNN) are kept off stderr
+    assert "absl" not in r.stderr and "oneDNN" not in r.stderr, r.stderr
+    ev = _events(r.stdout)
+    progress = [(e["done"], e["total"]) for e in ev if e["event"] == "progress"]
+    assert len(progress) >= 3 and progress == sorted(progress) and progress[-1][0] == progress[-1][1]
+    assert ev[-1]["event"] == "result" and [e["event"] for e in ev].count("result") == 1
+    res = ev[-1]["results"][0]
+    assert res["outputs"]["classes"] == str(out) and Path(res["outputs"]["qml"]).is_file()
+    assert res["outputs"]["areas_csv"] == str(tmp_path / "a.csv") and res["outputs"]["confidence"] == str(tmp_path / "p.tif")
+    assert (tmp_path / "p.tif").is_file() and not (tmp_path / "c_areas.csv").exists()
+    # the result's area rows are the CSV's rows
+    import csv
+    rows = list(csv.DictReader((tmp_path / "a.csv").open()))
+    assert [(str(a["class_id"]), a["class_name"], str(a["pixels"])) for a in res["areas"]] == \
+        [(b["class_id"], b["class_name"], b["pixels"]) for b in rows]
+    # areas without -o: the table travels in the result event, not as CSV on stdout
+    r = subprocess.run(GEOSEG + ["--progress", "jsonl", "areas", str(out)], capture_output=True, text=True,
+                       env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    ev = _events(r.stdout)
+    assert ev[-1]["event"] == "result" and ev[-1]["areas"] == res["areas"] and ev[-1]["kind"] == "planar"
+
+
+def test_jsonl_protocol_errors_warnings_and_version(tiny_bundle, rgb_byte, make_geotiff, tmp_path):
+    r = subprocess.run(GEOSEG + ["--progress", "jsonl", "predict", str(tiny_bundle), str(tmp_path / "no.tif"),
+                                 str(tmp_path / "o.tif")], capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 1
+    ev = _events(r.stdout)
+    assert ev[-1]["event"] == "error" and "no.tif" in ev[-1]["message"] and "\n" not in ev[-1]["message"]
+    assert r.stderr.strip().splitlines()[-1] == "Error: " + ev[-1]["message"]
+    # a warning reaches the protocol as a log event (no CRS: areas in pixels)
+    src = make_geotiff(np.full((3, 40, 40), 100, np.uint8), crs=None, name="nocrs.tif")
+    r = subprocess.run(GEOSEG + ["--progress", "jsonl", "predict", str(tiny_bundle), str(src), str(tmp_path / "n.tif"),
+                                 "--areas"],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    logs = [e for e in _events(r.stdout) if e["event"] == "log"]
+    assert any(e["level"] == "warning" and "CRS" in e["message"] for e in logs), logs
+    # the handshake loads no TensorFlow
+    code = ("import sys; from geoseg_cli.main import cli; cli(['version', '--json'], standalone_mode=False); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["protocol"] == 1 and info["geoseg"]
+
+
+def test_jsonl_protocol_sigterm_is_a_cancelled_event(tiny_bundle, make_geotiff, tmp_path):
+    rng = np.random.default_rng(0)
+    src = make_geotiff((rng.random((3, 1500, 1500)) * 255).astype(np.uint8), name="big.tif")
+    out = tmp_path / "o.tif"
+    p = subprocess.Popen(GEOSEG + ["--progress", "jsonl", "predict", str(tiny_bundle), str(src), str(out),
+                                   "--areas", "--tile-size", "32", "--overlap", "8", "--batch-size", "2"],
+                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = json.loads(p.stdout.readline())
+    while first["event"] != "progress":
+        first = json.loads(p.stdout.readline())
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    rest = p.stdout.read()
+    p.wait(60)
+    assert time.monotonic() - t0 < 5
+    assert p.returncode == 130
+    assert _events(rest)[-1]["event"] == "cancelled"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["big.tif"]

@@ -1,7 +1,5 @@
 """What a QGIS user sees when opening geoseg's outputs (headless QGIS)."""
 
-import os
-
 import numpy as np
 import pytest
 
@@ -10,15 +8,6 @@ qgis_core = pytest.importorskip("qgis.core")
 from conftest import make_meta, threshold_forward  # noqa: E402
 from geoseg.model import LoadedModel  # noqa: E402
 from geoseg.predict import PredictOptions, predict_raster  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def qgis_app():
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    app = qgis_core.QgsApplication([], False)
-    app.initQgis()
-    yield app
-    # exitQgis() is left to process exit: it can crash after TensorFlow was loaded
 
 
 def test_class_raster_opens_with_names_colours_and_place(qgis_app, make_geotiff, tmp_path):
