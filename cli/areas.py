@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from .options import CLASS_NAMES, NODATA, overwrite_opt
@@ -23,9 +25,12 @@ from .progress import emit_result, machine, progress_bar, table_records
 @click.option("--aoi", type=click.Path(), default=None,
               help="Only count inside these polygons (GeoPackage, GeoJSON, Shapefile, ...).")
 @click.option("--zone-field", default=None, help="With --aoi: one set of rows per value of this field.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
+              help="csv: the table; json: {kind, zone_field, notes, rows} with the CSV's columns as keys "
+                   "(for scripts).")
 @overwrite_opt
 @click.pass_context
-def areas(ctx, class_raster, output, nodata, class_names, pixel_size, aoi, zone_field, overwrite):
+def areas(ctx, class_raster, output, nodata, class_names, pixel_size, aoi, zone_field, fmt, overwrite):
     """Count pixels and measure the area of each class in CLASS_RASTER.
 
     Projected CRS: pixel area from the transform, in m² through the CRS's unit.
@@ -41,8 +46,10 @@ def areas(ctx, class_raster, output, nodata, class_names, pixel_size, aoi, zone_
       geoseg areas water.tif
       geoseg areas truth.tif --nodata none --class-names 0=land,1=water -o areas.csv
       geoseg areas landcover.tif --aoi districts.gpkg --zone-field name -o by_district.csv
+      geoseg areas water.tif --format json
     """
-    from geoseg.areas import areas_csv_text, class_areas, format_table, write_areas_csv
+    from geoseg.areas import areas_csv_text, class_areas, format_table
+    from geoseg.files import write_atomic
     from geoseg.output import check_output_path
 
     if zone_field and not aoi:
@@ -54,12 +61,17 @@ def areas(ctx, class_raster, output, nodata, class_names, pixel_size, aoi, zone_
     with progress_bar("counting", quiet) as cb:
         table = class_areas(class_raster, nodata=nodata, class_names=class_names,
                             pixel_size=pixel_size, aoi=aoi, zone_field=zone_field, progress=cb)
+    if fmt == "json":
+        text = json.dumps({"kind": table.kind, "zone_field": table.zone_field, "notes": list(table.notes),
+                           "rows": table_records(table)}, indent=2) + "\n"
+    else:
+        text = areas_csv_text(table)
     if output:
-        write_areas_csv(table, output)
+        write_atomic(output, text)
         if not quiet:
             click.echo(format_table(table), err=True)
             click.echo(f"wrote {output}", err=True)
     elif not machine():  # in --progress jsonl mode the table travels in the result event
-        click.echo(areas_csv_text(table), nl=False)
+        click.echo(text, nl=False)
     emit_result("areas", {"areas_csv": output}, kind=table.kind, zone_field=table.zone_field,
                 areas=table_records(table))

@@ -29,6 +29,7 @@ exit code 2):
 - ``NUMBERS``      ``-1000`` or ``1e-4,1e-4,...`` -> a float or a tuple            --input-scale,
   --input-offset, --src-nodata
 - ``SCL_CLASSES``  ``3,8,9,10`` or ``none`` -> ``tuple[int, ...]``               --mask-scl
+- ``CREATION_OPTION``  ``KEY=VALUE`` -> ``(KEY, VALUE)``                          predict --co
 
 Each type's ``convert`` also accepts an already converted value, as click requires.
 """
@@ -254,7 +255,22 @@ class SclClassesParamType(click.ParamType):
         return tuple(int(t) for t in items)
 
 
+class CreationOptionParamType(click.ParamType):
+    """``KEY=VALUE`` (a GDAL creation option, as ``gdal_translate -co``) -> ``(KEY, VALUE)``."""
+
+    name = "creation_option"
+
+    def convert(self, value: Any, param, ctx) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, val = str(value).partition("=")
+        if not sep or not key.strip() or not val.strip():
+            self.fail(f"expected KEY=VALUE, e.g. COMPRESS=ZSTD; got {value!r}", param, ctx)
+        return key.strip().upper(), val.strip()
+
+
 BANDS = BandsParamType()
+CREATION_OPTION = CreationOptionParamType()
 NUMBERS = NumbersParamType()
 SCL_CLASSES = SclClassesParamType()
 NODATA = NodataParamType()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .options import (bands_opt, batch_size_opt, blend_opt, input_offset_opt, input_scale_opt, overlap_opt, overwrite_opt,
+from .options import (CREATION_OPTION, bands_opt, batch_size_opt, blend_opt, input_offset_opt, input_scale_opt,
+                      overlap_opt, overwrite_opt,
                       mask_scl_opt, resample_opt, src_nodata_opt, tile_size_opt, tta_opt)
 from .progress import emit_result, progress_bar, table_records
 
@@ -14,6 +15,9 @@ from .progress import emit_result, progress_bar, table_records
 @click.command(short_help="Segment rasters with a model bundle.")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="The output (.tif file, or a directory for several inputs); then every argument after "
+                   "MODEL is an input.")
 @tile_size_opt
 @overlap_opt
 @batch_size_opt
@@ -34,18 +38,23 @@ from .progress import emit_result, progress_bar, table_records
                    "(implies --confidence).")
 @click.option("--preview", is_flag=True, help="Also write OUTPUT_preview.png: class colours over the image.")
 @click.option("--cog", is_flag=True, help="Write Cloud-Optimised GeoTIFFs.")
+@click.option("--co", "creation_options", type=CREATION_OPTION, multiple=True, metavar="KEY=VALUE",
+              help="GDAL creation option for the output GeoTIFF (COG with --cog), repeatable, e.g. "
+                   "--co COMPRESS=ZSTD --co BIGTIFF=YES.")
+@click.option("--overviews", is_flag=True, help="Build internal overviews (nearest) in the output GeoTIFF "
+                                                "(a COG always has them).")
 @click.option("--stack", is_flag=True,
               help="The INPUTs are the band files of one Sentinel-2 scene (e.g. T51RUQ_..._B02_10m.jp2 ...; "
                    "bands found by name, 20 m bands on the 10 m grid, an SCL file masks).")
 @overwrite_opt
 @click.pass_context
-def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, bands, input_scale, input_offset, src_nodata,
+def predict(ctx, model, inputs, output, tile_size, overlap, batch_size, blend, tta, bands, input_scale, input_offset, src_nodata,
             resample, mask_scl,
             areas, confidence, areas_csv, confidence_tif, preview,
-            cog, stack, overwrite):
+            cog, creation_options, overviews, stack, overwrite):
     """Segment INPUT rasters with MODEL (a .geoseg bundle) into class GeoTIFFs.
 
-    The last argument is the OUTPUT: a .tif file for one input, or an existing
+    The last argument (or -o) is the OUTPUT: a .tif file for one input, or an existing
     directory (each input written as NAME_classes.tif). Outputs are uint8, tiled,
     compressed, nodata 255, with the input's CRS and transform, the model's class
     colours and names (a .qml style and a raster attribute table).
@@ -57,13 +66,18 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
       geoseg predict dubai.geoseg photo.jpg classes.tif --tta d4
       geoseg predict water.geoseg stack.tif water.tif --bands 2,3,4,8,11,12
       geoseg predict water.geoseg scenes/*.tif results/ --areas --cog
+      geoseg predict water.geoseg S2_scene.tif -o water.tif --co COMPRESS=ZSTD --overviews
     """
     from geoseg.errors import BatchError
     from geoseg.predict import PredictOptions, predict_many, predict_raster, sidecar_paths
 
-    if len(inputs) < 2:
+    if output is not None:
+        srcs, out = list(inputs), output
+    elif len(inputs) < 2:
         raise click.UsageError("give MODEL, at least one INPUT and an OUTPUT")
-    *srcs, out = inputs
+    else:
+        *srcs, out = inputs
+    co = dict(creation_options)
     quiet = ctx.obj["quiet"]
     areas = areas or areas_csv is not None
     confidence = confidence or confidence_tif is not None
@@ -87,6 +101,7 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
             try:
                 results = predict_many(srcs, out_p, model, opts, areas=areas, confidence=confidence,
                                        preview=preview, overwrite=overwrite, cog=cog,
+                                       creation_options=co, overviews=overviews,
                                        progress_for=lambda p: cb)
             except BatchError as e:  # the others were written: report them, then the failures
                 results, failed = e.results, e
@@ -95,7 +110,7 @@ def predict(ctx, model, inputs, tile_size, overlap, batch_size, blend, tta, band
             sides["areas_path"] = areas_csv or sides["areas_path"]
             sides["confidence_path"] = confidence_tif or sides["confidence_path"]
             results = [predict_raster(srcs[0], out_p, model, opts, overwrite=overwrite, cog=cog, progress=cb,
-                                      **sides)]
+                                      creation_options=co, overviews=overviews, **sides)]
     _report(results, areas, quiet)
     emit_result("predict", {"output": out_p},
                 results=[{"outputs": {"classes": str(r.output), "qml": str(r.output.with_suffix(".qml")),

@@ -19,19 +19,21 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import rasterio
 
 from .areas import AreaAccumulator, AreaTable, PixelAreas, make_table
 from .bundle import ClassInfo
-from .errors import OutputExistsError, RasterError
+from .errors import ConfigError, OutputExistsError, RasterError
 from .files import AtomicOutput
 from .sources import CLASS_NODATA, CLASSES_TAG, thread_env
 
-__all__ = ["PROFILES", "check_output_path", "class_profile",
+__all__ = ["PROFILES", "check_output_path", "class_profile", "check_creation_options", "with_options",
+           "build_overviews", "overview_factors",
            "colormap", "tag_class_dataset", "style_class_raster", "write_rat", "write_qml", "to_cog",
            "ClassRasterWriter"]
 
@@ -48,6 +50,52 @@ PROFILES: dict[str, dict[str, Any]] = {
 def profile(name: str) -> dict[str, Any]:
     """A copy of the creation options :data:`PROFILES` holds for ``name``."""
     return copy.deepcopy(PROFILES[name])
+
+
+#: GTiff creation options the engine fixes: its output blocks are the engine's blocks,
+#: one uint8 band with a colour table.
+FIXED_OPTIONS = frozenset({"TILED", "BLOCKXSIZE", "BLOCKYSIZE", "INTERLEAVE", "PHOTOMETRIC", "NBITS",
+                           "PIXELTYPE"})
+
+
+def check_creation_options(options: Mapping[str, Any] | None, driver: str = "GTiff") -> dict[str, str]:
+    """User creation options (``{"COMPRESS": "ZSTD"}``), upper-cased and checked against
+    the driver's option list (where GDAL's Python bindings can tell it) and the options
+    the engine fixes."""
+    out = {str(k).strip().upper(): str(v).strip() for k, v in (options or {}).items()}
+    for k in out:
+        if not re.fullmatch(r"[A-Z0-9_]+", k):
+            raise ConfigError(f"creation option {k!r} is not a GDAL option name")
+        if driver == "GTiff" and k in FIXED_OPTIONS:
+            raise ConfigError(f"creation option {k} is fixed by geoseg (tiled, one band, blocks = the engine's "
+                              "output blocks)")
+    known = _driver_options(driver)
+    unknown = sorted(set(out) - known) if known else []
+    if unknown:
+        raise ConfigError(f"the {driver} driver has no creation option {', '.join(unknown)} (its options: "
+                          f"https://gdal.org/drivers/raster/{driver.lower()}.html)")
+    return out
+
+
+def _driver_options(driver: str) -> set[str]:
+    """The creation option names GDAL lists for ``driver`` (empty when unknown)."""
+    try:
+        from osgeo import gdal  # noqa: PLC0415
+    except ImportError:
+        return set()
+    drv = gdal.GetDriverByName(driver)
+    xml = drv.GetMetadataItem("DMD_CREATIONOPTIONLIST") if drv is not None else None
+    if not xml:
+        return set()
+    return {o.get("name", "").upper() for o in ET.fromstring(xml).iter("Option")} - {""}
+
+
+def with_options(prof: dict[str, Any], options: Mapping[str, str]) -> dict[str, Any]:
+    """``prof`` with the creation ``options`` replacing any spelling of the same key."""
+    up = {k.upper() for k in options}
+    out = {k: v for k, v in prof.items() if k.upper() not in up}
+    out.update(options)
+    return out
 
 
 def check_output_path(dst: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (),
@@ -170,12 +218,32 @@ def write_qml(path: str | os.PathLike, classes: Sequence[ClassInfo], background:
     Path(path).write_text("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + body + "\n")
 
 
-def to_cog(out: AtomicOutput) -> None:
+def to_cog(out: AtomicOutput, options: Mapping[str, str] | None = None) -> None:
     """Rewrite a finished GeoTIFF as a Cloud-Optimised GeoTIFF (same temporary path)."""
     from rasterio.shutil import copy as rio_copy  # noqa: PLC0415
     tmp2 = out.scratch(".tif")
-    rio_copy(out.tmp, tmp2, **profile("cog"))
+    rio_copy(out.tmp, tmp2, **with_options(profile("cog"), options or {}))
     os.replace(tmp2, out.tmp)
+
+
+def overview_factors(width: int, height: int, smallest: int = 256) -> list[int]:
+    """Overview decimation factors 2, 4, 8 ... until the overview fits in ``smallest`` px."""
+    factors, f = [], 2
+    while max(width, height) / (f // 2) > smallest:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+def build_overviews(path: str | os.PathLike) -> None:
+    """Internal overviews (nearest: class ids are never averaged), as GIS users expect
+    of a large GeoTIFF."""
+    from rasterio.enums import Resampling  # noqa: PLC0415
+    with rasterio.open(path, "r+") as ds:
+        factors = overview_factors(ds.width, ds.height)
+        if factors:
+            ds.build_overviews(factors, Resampling.nearest)
+            ds.update_tags(ns="rio_overview", resampling="nearest")
 
 
 class ClassRasterWriter:
@@ -202,8 +270,11 @@ class ClassRasterWriter:
     def __init__(self, target: str | os.PathLike, *, width: int, height: int, crs, transform, block: int,
                  classes: Sequence[ClassInfo], pixel_areas: PixelAreas,
                  confidence_target: str | os.PathLike | None = None, tags: dict[str, str] | None = None,
-                 cog: bool = False, background: int | None = None):
+                 cog: bool = False, background: int | None = None,
+                 creation_options: Mapping[str, Any] | None = None, overviews: bool = False):
         self._committed = False
+        self.creation_options = check_creation_options(creation_options, "COG" if cog else "GTiff")
+        self.overviews = overviews and not cog  # a COG has its own overviews
         self.classes = tuple(classes)
         self.background = background
         self.tags = dict(tags or {})
@@ -216,6 +287,8 @@ class ClassRasterWriter:
         self._next = 0
         self._finished = False
         prof = class_profile(width, height, crs, transform, block)
+        if not cog:
+            prof = with_options(prof, self.creation_options)
         # Blocks are written from whatever thread calls write() (the pipeline's writer
         # thread enters its own rasterio Env); no Env is held by this object.
         self._dst = self._cdst = None
@@ -264,13 +337,16 @@ class ClassRasterWriter:
                 self._cdst.set_band_description(1, "confidence (%)")
                 self._cdst.update_tags(UNITS="percent", **{k: v for k, v in self.tags.items() if k == "GEOSEG_MODEL"})
             self._close()
+            if self.overviews:
+                for o in self.outputs:
+                    build_overviews(o.tmp)
             # RAT (.aux.xml) and .qml before a COG copy: the colour table and tags travel
             # inside the file, the side-cars stay beside the temporary path.
             style_class_raster(self.main.tmp, self.classes, qml_path=self.main.tmp.with_suffix(".qml"), tag=False,
                                background=self.background)
             if self.cog:
                 for o in self.outputs:
-                    to_cog(o)
+                    to_cog(o, self.creation_options)
         self._finished = True
 
     def scratch(self, target: str | os.PathLike, suffix: str) -> Path:

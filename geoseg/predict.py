@@ -22,14 +22,14 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .areas import AreaTable, pixel_areas, write_areas_csv
 from .bundle import ModelMeta, read_metadata
 from .errors import BatchError, Cancelled, ConfigError, GeosegError, NoValidDataWarning, RasterError
-from .output import ClassRasterWriter, check_output_path
+from .output import ClassRasterWriter, check_creation_options, check_output_path
 from .pipeline import run_plan
 from .progress import CancelFn, ProgressFn, Reporter
 from .sources import CLASS_NODATA, ArraySource, Source, is_plain_path, open_source
@@ -95,6 +95,7 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
                    areas_path: str | os.PathLike | None = None,
                    confidence_path: str | os.PathLike | None = None,
                    preview_path: str | os.PathLike | None = None, cog: bool = False,
+                   creation_options: Mapping[str, Any] | None = None, overviews: bool = False,
                    forward: Forward | None = None, progress: ProgressFn | None = None,
                    is_cancelled: CancelFn | None = None) -> PredictResult:
     """Segment ``src`` into a class GeoTIFF at ``dst_path``.
@@ -113,6 +114,9 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
         confidence_path: also write the winning probability (uint8 %, nodata 255).
         preview_path: also write a quick-look PNG (class colours over the image).
         cog: write a Cloud-Optimised GeoTIFF.
+        creation_options: GDAL creation options for the GeoTIFF (or COG) driver, e.g.
+            ``{"COMPRESS": "ZSTD"}``; the tiling options are the engine's and refused.
+        overviews: build internal overviews (nearest) in a plain GeoTIFF.
         forward: a ready forward function (tests, benchmarks) instead of the model's.
         progress, is_cancelled: see :mod:`geoseg.progress`.
 
@@ -120,6 +124,7 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
     end; an error or a cancellation leaves the targets as they were.
     """
     t_start = time.perf_counter()
+    creation_options = check_creation_options(creation_options, "COG" if cog else "GTiff")
     meta, get_forward = resolve_model(model, options, forward)
     if confidence_path is not None and not options.confidence:
         options = replace(options, confidence=True)
@@ -154,7 +159,8 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
         with ClassRasterWriter(resolved["output"], width=source.width, height=source.height, crs=source.crs,
                                transform=source.transform, block=plan.grid.block, classes=meta.classes,
                                pixel_areas=px, confidence_target=resolved.get("confidence output"),
-                               tags=output_tags(meta, plan, options), cog=cog, background=meta.background) as sink:
+                               tags=output_tags(meta, plan, options), cog=cog, background=meta.background,
+                               creation_options=creation_options, overviews=overviews) as sink:
             stats = run_plan(plan, fwd, sink.write, reporter, options.prefetch)
             sink.finish()
             table = sink.table()
@@ -207,6 +213,7 @@ def sidecar_paths(dst: str | os.PathLike, areas: bool = False, confidence: bool 
 def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, model: Any,
                  options: PredictOptions = PredictOptions(), *, areas: bool = False, confidence: bool = False,
                  preview: bool = False, cog: bool = False, overwrite: bool = False, suffix: str = "_classes.tif",
+                 creation_options: Mapping[str, Any] | None = None, overviews: bool = False,
                  forward: Forward | None = None,
                  progress_for: Callable[[Path], ProgressFn | None] | None = None,
                  is_cancelled: CancelFn | None = None) -> list[PredictResult]:
@@ -220,6 +227,7 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
     what did not.
     """
     out_dir = Path(out_dir)
+    creation_options = check_creation_options(creation_options, "COG" if cog else "GTiff")
     if not out_dir.is_dir():
         raise RasterError(f"output directory does not exist: {out_dir}")
     stems = [output_stem(p) for p in src_paths]
@@ -241,6 +249,7 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
         cb = progress_for(Path(p)) if progress_for else None
         try:
             results.append(predict_raster(p, dst, model, options, overwrite=overwrite, cog=cog, forward=forward,
+                                          creation_options=creation_options, overviews=overviews,
                                           progress=cb, is_cancelled=is_cancelled, **side))
         except Cancelled:
             raise

@@ -602,3 +602,32 @@ def test_jsonl_protocol_sigterm_is_a_cancelled_event(tiny_bundle, make_geotiff, 
     assert p.returncode == 130
     assert _events(rest)[-1]["event"] == "cancelled"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["big.tif"]
+
+
+def test_gdal_conventions_co_overviews_output_option_and_json_areas(runner, tiny_bundle, rgb_byte, tmp_path):
+    """--co KEY=VALUE reaches GDAL, --overviews builds them, -o names the output, areas --format json."""
+    out = tmp_path / "c.tif"
+    r = invoke(runner, "predict", tiny_bundle, rgb_byte, "-o", out, "--co", "COMPRESS=ZSTD", "--co", "zstd_level=3",
+               "--overviews", "--tile-size", "64", "--overlap", "8")
+    assert r.exit_code == 0, r.output
+    with rasterio.open(out) as ds:
+        assert ds.compression.name.lower() == "zstd"
+        assert ds.overviews(1) == [2, 4]       # 791 x 718 px: halved until it fits in 256 px
+        assert ds.block_shapes[0][0] == ds.block_shapes[0][1]
+        classes = ds.read(1)
+    r = invoke(runner, "predict", tiny_bundle, rgb_byte, tmp_path / "plain.tif", "--tile-size", "64", "--overlap", "8")
+    with rasterio.open(tmp_path / "plain.tif") as ds:
+        assert ds.overviews(1) == [] and ds.compression.name.lower() == "deflate"
+        assert (ds.read(1) == classes).all()
+    for bad, words in ((["--co", "TILED=NO"], "fixed by geoseg"), (["--co", "FOO=1"], "no creation option FOO")):
+        r = runner.invoke(cli, ["predict", str(tiny_bundle), str(rgb_byte), "-o", str(tmp_path / "x.tif"), *bad])
+        assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output
+        assert not (tmp_path / "x.tif").exists()
+    r = runner.invoke(cli, ["predict", str(tiny_bundle), str(rgb_byte), "-o", str(tmp_path / "x.tif"), "--co", "X"])
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
+    r = invoke(runner, "areas", out, "--format", "json")
+    doc = json.loads(r.output)
+    assert doc["kind"] == "planar" and [row["class_id"] for row in doc["rows"]] == [0, 1]
+    assert sum(row["pixels"] for row in doc["rows"]) == classes.size - (classes == 255).sum()
+    r = invoke(runner, "areas", out, "--format", "json", "-o", tmp_path / "a.json")
+    assert json.loads((tmp_path / "a.json").read_text()) == doc
