@@ -40,7 +40,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import warnings
 from collections import Counter
@@ -55,6 +54,7 @@ from rasterio.windows import transform as window_transform
 
 from .chips import colour_map_lut, list_chips, mask_to_classes, read_rgb_mask
 from .errors import ConfigError, RasterError, SplitWarning, one_line
+from .files import sweep_stale, temp_tag
 from .output import profile
 from .progress import CancelFn, ProgressFn, Reporter
 from .sources import check_same_grid, label_valid, open_raster, reflect_pad, resolve_nodata
@@ -276,8 +276,9 @@ class _Writer:
 
     def _sibling(self, what: str) -> Path:
         """A new hidden folder beside ``out`` (``os.mkdir``: the umask's permissions)."""
+        sweep_stale(self.out.parent)  # what a killed run left there
         while True:
-            p = self.out.parent / f".{self.out.name}.tile-{what}-{secrets.token_hex(4)}"
+            p = self.out.parent / f".{self.out.name}.tile-{what}-{temp_tag()}"
             try:
                 p.mkdir()
                 return p

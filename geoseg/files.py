@@ -3,15 +3,83 @@
 Every file geoseg writes (class rasters and their side-cars, area CSVs, scores,
 bundles) goes through here, so an error, Ctrl-C or SIGTERM leaves the target as it
 was (a SIGKILL can leave a hidden ``.NAME.geoseg-tmp-*`` file, never the target).
+
+Temporary names carry this host and process (:func:`temp_tag`), so the next run into
+the same folder removes what a killed run left (:func:`sweep_stale`): files of a
+process that no longer runs on this host at once, any other after a day untouched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import uuid
+import re
+import secrets
+import shutil
+import socket
+import time
 from pathlib import Path
 
-__all__ = ["AtomicOutput", "write_atomic"]
+__all__ = ["AtomicOutput", "write_atomic", "temp_tag", "sweep_stale", "STALE_AFTER_S"]
+
+#: A temporary file or folder untouched this long is stale whoever made it.
+STALE_AFTER_S = 24 * 3600
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
+_STALE = re.compile(r"^\..+\.(?:geoseg-tmp|tile-new|tile-old)-(?:(?P<host>[0-9a-f]{4})p(?P<pid>\d+)r)?[0-9a-f]+")
+_swept: set[Path] = set()
+
+
+def temp_tag() -> str:
+    """A unique tag for a temporary name: this host, this process, a random part."""
+    return f"{_HOST}p{os.getpid()}r{secrets.token_hex(4)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_stale(folder: str | os.PathLike, *, force: bool = False) -> list[Path]:
+    """Remove the temporary files and folders geoseg left in ``folder`` when a run was
+    killed (SIGKILL, power loss): those of a process gone from this host, and any
+    untouched for :data:`STALE_AFTER_S`. Once per folder and process unless ``force``."""
+    d = Path(folder).absolute()
+    if d in _swept and not force:
+        return []
+    _swept.add(d)
+    removed = []
+    try:
+        entries = list(os.scandir(d))
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        m = _STALE.match(e.name)
+        if not m:
+            continue
+        try:
+            age = now - e.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        mine_dead = m["host"] == _HOST and m["pid"] is not None and int(m["pid"]) != os.getpid() \
+            and not _alive(int(m["pid"]))
+        if not (mine_dead or age > STALE_AFTER_S):
+            continue
+        p = Path(e.path)
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 class AtomicOutput:
@@ -26,8 +94,8 @@ class AtomicOutput:
 
     def __init__(self, target: str | os.PathLike):
         self.target = Path(target)
-        tag = uuid.uuid4().hex[:8]
-        self.tmp = self.target.with_name(f".{self.target.stem}.geoseg-tmp-{tag}{self.target.suffix}")
+        sweep_stale(self.target.parent)
+        self.tmp = self.target.with_name(f".{self.target.stem}.geoseg-tmp-{temp_tag()}{self.target.suffix}")
         self.extra: list[Path] = []
 
     def scratch(self, suffix: str) -> Path:

@@ -631,3 +631,31 @@ def test_gdal_conventions_co_overviews_output_option_and_json_areas(runner, tiny
     assert sum(row["pixels"] for row in doc["rows"]) == classes.size - (classes == 255).sum()
     r = invoke(runner, "areas", out, "--format", "json", "-o", tmp_path / "a.json")
     assert json.loads((tmp_path / "a.json").read_text()) == doc
+
+
+def test_stale_temporaries_of_killed_runs_are_swept(runner, tiny_bundle, rgb_byte, tmp_path):
+    """What a SIGKILLed run left (a hidden temporary file, a tiling folder) is removed by
+    the next run into the same folder; a live process's temporaries and fresh foreign
+    ones are kept."""
+    from geoseg import files
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = files.temp_tag()[:4]
+    out = tmp_path / "out"
+    out.mkdir()
+    stale_file = out / f".c.geoseg-tmp-{host}p{dead.pid}r0011aabb.tif"
+    stale_dir = out / f".chips.tile-new-{host}p{dead.pid}r0011aabb"
+    live = out / f".c.geoseg-tmp-{host}p{os.getppid()}r0011aabb.tif"       # our parent still runs
+    old_foreign = out / ".d.geoseg-tmp-9f3e2a1b.tif"                          # old-style name, 2 days old
+    fresh_foreign = out / ".e.geoseg-tmp-ffffp1r00aa.tif"                      # another host's, fresh
+    unrelated = out / ".c.something-else.tif"
+    for p in (stale_file, live, old_foreign, fresh_foreign, unrelated):
+        p.write_bytes(b"x")
+    stale_dir.mkdir()
+    (stale_dir / "chip.tif").write_bytes(b"x")
+    two_days = time.time() - 2 * 86400
+    os.utime(old_foreign, (two_days, two_days))
+    r = invoke(runner, "predict", tiny_bundle, rgb_byte, out / "c.tif", "--tile-size", "64", "--overlap", "8")
+    assert r.exit_code == 0, r.output
+    left = {p.name for p in out.iterdir()}
+    assert left == {"c.tif", "c.qml", "c.tif.aux.xml", live.name, fresh_foreign.name, unrelated.name}
