@@ -67,7 +67,7 @@ def areas(ctx, class_raster, output, nodata, class_names, pixel_size, aoi, zone_
     else:
         text = areas_csv_text(table)
     if output:
-        write_atomic(output, text)
+        write_atomic(output, text, overwrite=overwrite)
         if not quiet:
             click.echo(format_table(table), err=True)
             click.echo(f"wrote {output}", err=True)

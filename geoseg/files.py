@@ -20,7 +20,7 @@ import socket
 import time
 from pathlib import Path
 
-__all__ = ["AtomicOutput", "write_atomic", "temp_tag", "sweep_stale", "STALE_AFTER_S"]
+__all__ = ["AtomicOutput", "write_atomic", "place", "temp_tag", "sweep_stale", "STALE_AFTER_S"]
 
 #: A temporary file or folder untouched this long is stale whoever made it.
 STALE_AFTER_S = 24 * 3600
@@ -92,8 +92,9 @@ class AtomicOutput:
 
     SIDECARS = (".aux.xml", ".qml")
 
-    def __init__(self, target: str | os.PathLike):
+    def __init__(self, target: str | os.PathLike, overwrite: bool = True):
         self.target = Path(target)
+        self.overwrite = overwrite
         sweep_stale(self.target.parent)
         self.tmp = self.target.with_name(f".{self.target.stem}.geoseg-tmp-{temp_tag()}{self.target.suffix}")
         self.extra: list[Path] = []
@@ -108,7 +109,13 @@ class AtomicOutput:
     def _sidecar(base: Path, ext: str) -> Path:
         return base.with_name(base.name + ext) if ext == ".aux.xml" else base.with_suffix(ext)
 
-    def commit(self) -> Path:
+    def commit(self, keep_extra: bool = False) -> Path:
+        """Put the file (and its side-cars) in place. Without ``overwrite`` the target
+        is created exclusively: if another run put a file there meanwhile, this one
+        raises :class:`~geoseg.errors.OutputExistsError` and the other's file stays.
+        ``keep_extra``: leave the :meth:`scratch` files for the caller to place."""
+        if not self.overwrite:
+            place(self.tmp, self.target, overwrite=False)  # first: the main file decides who wins
         for ext in self.SIDECARS:
             s = self._sidecar(self.tmp, ext)
             t = self._sidecar(self.target, ext)
@@ -116,8 +123,10 @@ class AtomicOutput:
                 os.replace(s, t)
             elif t.exists() and ext == ".aux.xml":
                 t.unlink()  # a stale side-car of an overwritten output would describe old data
-        os.replace(self.tmp, self.target)
-        self._cleanup_extra()
+        if self.overwrite:
+            os.replace(self.tmp, self.target)
+        if not keep_extra:
+            self._cleanup_extra()
         return self.target
 
     def discard(self) -> None:
@@ -131,15 +140,38 @@ class AtomicOutput:
                 q.unlink(missing_ok=True)
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` (text or bytes) to ``path`` atomically; returns the path."""
-    out = AtomicOutput(path)
+def place(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` onto ``target``; without ``overwrite`` never onto an existing
+    file (a hard link is created exclusively, then the temporary name removed)."""
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        from .errors import OutputExistsError  # noqa: PLC0415
+        raise OutputExistsError(f"output exists: {target} (another run wrote it meanwhile)",
+                                option="overwrite") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(target):
+            from .errors import OutputExistsError  # noqa: PLC0415
+            raise OutputExistsError(f"output exists: {target} (another run wrote it meanwhile)",
+                                    option="overwrite") from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, overwrite: bool = True) -> Path:
+    """Write ``data`` (text or bytes) to ``path`` atomically; returns the path. Without
+    ``overwrite`` an existing file at ``path`` is never replaced."""
+    out = AtomicOutput(path, overwrite)
     try:
         if isinstance(data, bytes):
             out.tmp.write_bytes(data)
         else:
             out.tmp.write_text(data)
-        os.replace(out.tmp, out.target)
+        place(out.tmp, out.target, overwrite)
     finally:
         out.discard()
     return out.target

@@ -29,7 +29,7 @@ import rasterio
 from .areas import AreaAccumulator, AreaTable, PixelAreas, make_table
 from .bundle import ClassInfo
 from .errors import ConfigError, OutputExistsError, RasterError
-from .files import AtomicOutput
+from .files import AtomicOutput, place
 from .sources import CLASS_NODATA, CLASSES_TAG, thread_env
 
 __all__ = ["PROFILES", "check_output_path", "class_profile", "check_creation_options", "with_options",
@@ -114,6 +114,9 @@ def check_output_path(dst: str | os.PathLike, inputs: Sequence[str | os.PathLike
             raise RasterError(f"{what} {d} is the same file as the input; choose another path")
     if d.is_dir():
         raise RasterError(f"{what} {d} is a directory; give a file name")
+    if d.is_symlink() or (d.exists() and not d.is_file()):
+        kind = "a symbolic link" if d.is_symlink() else "not a regular file (a pipe, socket or device)"
+        raise RasterError(f"{what} {d} is {kind}; geoseg writes and replaces regular files only")
     if not d.parent.is_dir():
         raise RasterError(f"{what} directory does not exist: {d.parent}")
     if not os.access(d.parent, os.W_OK | os.X_OK):
@@ -201,7 +204,8 @@ def write_rat(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> bool:
 def write_qml(path: str | os.PathLike, classes: Sequence[ClassInfo], background: int | None = None) -> None:
     """A QGIS layer style (paletted renderer with class names) that QGIS loads
     automatically for a raster of the same base name; the ``background`` class is
-    transparent (tick its alpha back in the layer's symbology to show it)."""
+    transparent (give it a colour in the layer's symbology to show it; the GeoTIFF's
+    colour table keeps the model's colour)."""
     root = ET.Element("qgis", version="3.22", styleCategories="AllStyleCategories")
     pipe = ET.SubElement(root, "pipe")
     rr = ET.SubElement(pipe, "rasterrenderer", type="paletted", band="1", opacity="1",
@@ -209,8 +213,11 @@ def write_qml(path: str | os.PathLike, classes: Sequence[ClassInfo], background:
     ET.SubElement(rr, "rasterTransparency")
     pal = ET.SubElement(rr, "colorPalette")
     for c in sorted(classes, key=lambda c: c.id):
-        ET.SubElement(pal, "paletteEntry", value=str(c.id), color=c.color.lower(), label=c.name,
-                      alpha="0" if c.id == background else "255")
+        # QGIS draws legend swatches without their alpha: the hidden class shows an empty
+        # (white) swatch rather than its colour, which the map does not show
+        bg = c.id == background
+        ET.SubElement(pal, "paletteEntry", value=str(c.id), color="#ffffff" if bg else c.color.lower(),
+                      label=c.name, alpha="0" if bg else "255")
     ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0")
     ET.SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", colorizeOn="0")
     ET.indent(root)
@@ -271,16 +278,18 @@ class ClassRasterWriter:
                  classes: Sequence[ClassInfo], pixel_areas: PixelAreas,
                  confidence_target: str | os.PathLike | None = None, tags: dict[str, str] | None = None,
                  cog: bool = False, background: int | None = None,
-                 creation_options: Mapping[str, Any] | None = None, overviews: bool = False):
+                 creation_options: Mapping[str, Any] | None = None, overviews: bool = False,
+                 overwrite: bool = True):
         self._committed = False
+        self.overwrite = overwrite
         self.creation_options = check_creation_options(creation_options, "COG" if cog else "GTiff")
         self.overviews = overviews and not cog  # a COG has its own overviews
         self.classes = tuple(classes)
         self.background = background
         self.tags = dict(tags or {})
         self.cog = cog
-        self.main = AtomicOutput(target)
-        self.conf = AtomicOutput(confidence_target) if confidence_target is not None else None
+        self.main = AtomicOutput(target, overwrite)
+        self.conf = AtomicOutput(confidence_target, overwrite) if confidence_target is not None else None
         self.acc = AreaAccumulator(pixel_areas, CLASS_NODATA)
         self.georeferenced = pixel_areas.kind != "pixels"
         self._extra: list[tuple[Path, Path]] = []
@@ -359,13 +368,15 @@ class ClassRasterWriter:
         """Move every finished output into place (side outputs, confidence, class raster)."""
         if not self._finished:
             raise RuntimeError("commit before finish")
+        if not self.overwrite:  # exclusive: the class raster first decides which run wins
+            out = self.main.commit(keep_extra=True)
         for tmp, target in self._extra:
-            os.replace(tmp, target)
+            place(tmp, target, self.overwrite)
             self.main.extra.remove(tmp)
         if self.conf is not None:
             self.conf.commit()
         self._committed = True
-        return self.main.commit()
+        return out if not self.overwrite else self.main.commit()
 
     def _close(self) -> None:
         for d in (self._dst, self._cdst):

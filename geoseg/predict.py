@@ -160,7 +160,8 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
                                transform=source.transform, block=plan.grid.block, classes=meta.classes,
                                pixel_areas=px, confidence_target=resolved.get("confidence output"),
                                tags=output_tags(meta, plan, options), cog=cog, background=meta.background,
-                               creation_options=creation_options, overviews=overviews) as sink:
+                               creation_options=creation_options, overviews=overviews,
+                               overwrite=overwrite) as sink:
             stats = run_plan(plan, fwd, sink.write, reporter, options.prefetch)
             sink.finish()
             table = sink.table()

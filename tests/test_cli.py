@@ -659,3 +659,32 @@ def test_stale_temporaries_of_killed_runs_are_swept(runner, tiny_bundle, rgb_byt
     assert r.exit_code == 0, r.output
     left = {p.name for p in out.iterdir()}
     assert left == {"c.tif", "c.qml", "c.tif.aux.xml", live.name, fresh_foreign.name, unrelated.name}
+
+
+def test_outputs_replace_regular_files_only_and_concurrent_runs_do_not_both_win(tiny_bundle, rgb_byte, tmp_path):
+    """--overwrite never replaces a FIFO or a symbolic link; two runs racing for the same
+    output without --overwrite: exactly one writes it, the other exits 1 and leaves nothing."""
+    fifo = tmp_path / "fifo.tif"
+    os.mkfifo(fifo)
+    target = tmp_path / "real.tif"
+    target.write_bytes(b"keep")
+    link = tmp_path / "link.tif"
+    link.symlink_to(target)
+    for out, words in ((fifo, "not a regular file"), (link, "symbolic link")):
+        r = subprocess.run(GEOSEG + ["predict", str(tiny_bundle), str(rgb_byte), str(out), "--overwrite"],
+                           capture_output=True, text=True, env=_env(), timeout=120)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr
+    assert target.read_bytes() == b"keep" and link.is_symlink() and fifo.is_fifo()
+    race = tmp_path / "race"
+    race.mkdir()
+    for attempt in range(2):
+        for p in race.iterdir():
+            p.unlink()
+        procs = [subprocess.Popen(GEOSEG + ["predict", str(tiny_bundle), str(rgb_byte), str(race / "c.tif"), "--areas",
+                                            "--tile-size", "64", "--overlap", "8"],
+                                  stderr=subprocess.PIPE, text=True, env=_env()) for _ in range(2)]
+        codes = sorted(p.wait(120) for p in procs)
+        errs = [p.stderr.read() for p in procs]
+        assert codes == [0, 1], errs
+        assert any("output exists" in e for e in errs)
+        assert sorted(p.name for p in race.iterdir()) == ["c.qml", "c.tif", "c.tif.aux.xml", "c_areas.csv"]

@@ -181,7 +181,7 @@ def test_segment_loads_a_styled_layer_and_the_table(geoseg_plugin, qgis_processi
     assert r.type() == "paletted"
     entries = [(int(c.value), c.label, c.color.name(), c.color.alpha()) for c in r.classes()]
     # the background class (marked in the bundle) is transparent so the imagery shows through
-    assert entries == [(0, "non-water", "#000000", 0), (1, "water", "#00ffff", 255)]
+    assert entries == [(0, "non-water", "#ffffff", 0), (1, "water", "#00ffff", 255)]
     t = tables[0]
     assert t.featureCount() == 2
     assert [f["class_name"] for f in t.getFeatures()] == ["non-water", "water"]
