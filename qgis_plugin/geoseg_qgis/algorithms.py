@@ -178,10 +178,10 @@ class SegmentRaster(_Base):
             self.BANDS, "Bands in the model's order (empty: matched by the model's band names)",
             defaultValue="", optional=True))
         advanced = [
-            QgsProcessingParameterNumber(self.TILE_SIZE, "Window size in pixels (0: the model's)",
-                                         QgsProcessingParameterNumber.Integer, 0, True, 0),
-            QgsProcessingParameterNumber(self.OVERLAP, "Overlap in pixels (-1: the model's)",
-                                         QgsProcessingParameterNumber.Integer, -1, True, -1),
+            QgsProcessingParameterNumber(self.TILE_SIZE, "Window size in pixels (not set: the model's)",
+                                         QgsProcessingParameterNumber.Integer, None, True, 16, 8192),
+            QgsProcessingParameterNumber(self.OVERLAP, "Overlap in pixels (not set: the model's)",
+                                         QgsProcessingParameterNumber.Integer, None, True, 0, 4096),
             QgsProcessingParameterNumber(self.BATCH_SIZE, "Windows per batch",
                                          QgsProcessingParameterNumber.Integer, 8, False, 1, 4096),
             QgsProcessingParameterEnum(self.BLEND, "Blending of overlapping windows", list(BLENDS),
@@ -198,7 +198,8 @@ class SegmentRaster(_Base):
             self.AREAS, "Class areas", "CSV files (*.csv)", optional=True, createByDefault=False))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        src = raster_path(self.parameterAsRasterLayer(parameters, self.INPUT, context))
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        src = raster_path(layer)
         model = self.parameterAsFile(parameters, self.MODEL, context)
         if not model:
             raise QgsProcessingException("choose a model (.geoseg bundle)")
@@ -213,13 +214,9 @@ class SegmentRaster(_Base):
         bands = (self.parameterAsString(parameters, self.BANDS, context) or "").strip()
         if bands:
             args += ["--bands", bands]
-        tile = self.parameterAsInt(parameters, self.TILE_SIZE, context) if parameters.get(self.TILE_SIZE) else 0
-        if tile > 0:
-            args += ["--tile-size", str(tile)]
-        overlap = self.parameterAsInt(parameters, self.OVERLAP, context) \
-            if parameters.get(self.OVERLAP) not in (None, "") else -1
-        if overlap >= 0:
-            args += ["--overlap", str(overlap)]
+        for name, flag in ((self.TILE_SIZE, "--tile-size"), (self.OVERLAP, "--overlap")):
+            if parameters.get(name) not in (None, ""):  # not set: the model's
+                args += [flag, str(self.parameterAsInt(parameters, name, context))]
         if conf:
             args += ["--confidence-tif", conf]
         if areas:
@@ -228,7 +225,7 @@ class SegmentRaster(_Base):
         r = result["results"][0]
         for line in _areas_lines(r.get("areas", [])):
             feedback.pushInfo(line)
-        _post_process(context, out, r["outputs"].get("qml"))
+        _post_process(context, out, r["outputs"].get("qml"), f"{layer.name()} classes")
         if areas:
             _load_table(context, areas, "Class areas", self.AREAS)
         return {self.OUTPUT: out, self.CONFIDENCE: conf or None, self.AREAS: areas or None}

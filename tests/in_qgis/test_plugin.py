@@ -177,6 +177,7 @@ def test_segment_loads_a_styled_layer_and_the_table(geoseg_plugin, qgis_processi
     rasters = [lyr for lyr in layers if lyr.type() == qgis_core.QgsMapLayerType.RasterLayer]
     tables = [lyr for lyr in layers if lyr.type() == qgis_core.QgsMapLayerType.VectorLayer]
     assert len(rasters) == 1 and len(tables) == 1
+    assert rasters[0].name() == "s2_shanghai_scene classes"
     r = rasters[0].renderer()
     assert r.type() == "paletted"
     entries = [(int(c.value), c.label, c.color.name(), c.color.alpha()) for c in r.classes()]
