@@ -233,12 +233,20 @@ def _parse_meta(d: Any, where: str) -> ModelMeta:
                      dict(d.get("provenance", {})), dict(d.get("metrics", {})))
 
 
+#: The most a bundle member may inflate to: far above any real metadata or UNet (the
+#: bundled model's weights are 0.4 MB, a 64-filter 5-level UNet ~120 MB), far below a
+#: zip bomb. Checked on the declared size before inflating and while inflating.
+MAX_MEMBER_BYTES = {META_NAME: 4 << 20, MODEL_NAME: 2 << 30}
+
+
 def _open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model file not found: {p}")
     if p.is_dir():
         raise ModelError(f"model path is a directory, not a .geoseg file: {p}")
+    if not p.is_file():
+        raise ModelError(f"model path is not a regular file (a pipe or device?): {p}")
     try:
         return zipfile.ZipFile(p)
     except (zipfile.BadZipFile, OSError) as e:
@@ -246,9 +254,25 @@ def _open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
 
 
 def read_bundle_member(path: str | os.PathLike, member: str) -> bytes:
+    """One member of a bundle, refused when it would inflate past :data:`MAX_MEMBER_BYTES`."""
+    limit = MAX_MEMBER_BYTES.get(member, 4 << 20)
     with _open_zip(path) as zf:
         try:
-            return zf.read(member)
+            info = zf.getinfo(member)
+            if info.file_size > limit:
+                raise ModelError(f"{path}: bundle member '{member}' would inflate to {info.file_size / 2**20:,.0f} MB, "
+                                 f"more than any real model ({limit / 2**20:,.0f} MB); refused")
+            chunks, total = [], 0
+            with zf.open(info) as f:
+                while chunk := f.read(1 << 20):
+                    total += len(chunk)
+                    if total > limit:  # a declared size that lies
+                        raise ModelError(f"{path}: bundle member '{member}' inflates past {limit / 2**20:,.0f} MB; "
+                                         "refused")
+                    chunks.append(chunk)
+            return b"".join(chunks)
+        except ModelError:
+            raise
         except KeyError:
             raise ModelError(f"{path}: bundle has no '{member}'"
                              + (" (a plain Keras file? geoseg needs a .geoseg bundle with metadata)"

@@ -688,3 +688,33 @@ def test_outputs_replace_regular_files_only_and_concurrent_runs_do_not_both_win(
         assert codes == [0, 1], errs
         assert any("output exists" in e for e in errs)
         assert sorted(p.name for p in race.iterdir()) == ["c.qml", "c.tif", "c.tif.aux.xml", "c_areas.csv"]
+
+
+def test_window_memory_is_bounded_before_anything_is_allocated(tmp_path):
+    """A window/batch this machine cannot hold is one line with the estimate and the
+    limit, at once (no model loaded, nothing allocated, nothing written)."""
+    from rasterio.transform import from_origin
+    src = tmp_path / "sparse.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=9000, height=9000, count=6, dtype="uint16", tiled=True,
+                       compress="deflate", crs="EPSG:32651", transform=from_origin(0, 0, 10, 10)):
+        pass   # a sparse 9000 x 9000 x 6 file of a few kB
+    out = tmp_path / "o.tif"
+    t0 = time.monotonic()
+    r = subprocess.run(["/usr/bin/time", "-f", "peak %M KB", *GEOSEG, "predict", str(ROOT / "geoseg/data/s2_water.geoseg"),
+                        str(src), str(out), "--tile-size", "8192", "--overlap", "32", "--batch-size", "4"],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 1
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error")]
+    assert len(err) == 1 and "GB per batch" in err[0] and "this machine's" in err[0] and "--tile-size" in err[0]
+    assert "Traceback" not in r.stderr and not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "sparse.tif"]
+    peak_kb = int(r.stderr.strip().splitlines()[-1].split()[1])
+    assert peak_kb < 400_000 and time.monotonic() - t0 < 30   # refused before TensorFlow or a window exists
+
+
+def test_batch_memory_estimate_matches_the_measured_model():
+    from geoseg.bundle import read_metadata
+    from geoseg.unit import batch_memory_bytes
+    meta = read_metadata(ROOT / "geoseg/data/s2_water.geoseg")
+    per_px = batch_memory_bytes(meta, 1024, 1) / 1024 ** 2
+    assert 200 <= per_px <= 260   # measured 226-257 B/px for this model (forward peak RSS growth)

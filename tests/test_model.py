@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 import zipfile
 
 import numpy as np
@@ -192,3 +194,26 @@ def test_bundle_numbers_are_validated(tiny_bundle, tmp_path, field, value, words
         meta["input"][field] = value
     with pytest.raises(ModelError, match=words.replace("(", r"\(")):
         read_metadata(_rewrite(tiny_bundle, tmp_path / "bad.geoseg", meta=meta))
+
+
+def test_bundle_reading_is_bounded(tmp_path, monkeypatch):
+    """A member that would inflate far past any real model is refused before it is
+    inflated; a model path that is a pipe is refused, not read (would block)."""
+    import zipfile
+
+    from geoseg import bundle
+    from geoseg.errors import ModelError
+    src = Path(__file__).resolve().parents[1] / "geoseg" / "data" / "s2_water.geoseg"
+    bomb = tmp_path / "bomb.geoseg"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(bundle.META_NAME, zin.read(bundle.META_NAME))
+        z.writestr(bundle.MODEL_NAME, b"\0" * (8 << 20))   # 8 MB of zeros, ~8 kB on disk
+    assert bomb.stat().st_size < 100_000
+    monkeypatch.setitem(bundle.MAX_MEMBER_BYTES, bundle.MODEL_NAME, 1 << 20)
+    assert bundle.read_metadata(bomb).name            # the metadata is small: fine
+    with pytest.raises(ModelError, match="would inflate to 8 MB.*refused"):
+        bundle.read_bundle_member(bomb, bundle.MODEL_NAME)
+    fifo = tmp_path / "model.geoseg"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelError, match="not a regular file"):
+        bundle.read_metadata(fifo)
