@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from .predict import predict
 from .progress import MODES, PROTOCOL, emit, emit_result, machine
 from .tile import tile
 from .train import train
+from .vectorize import vectorize
 
 
 #: The CLI's hint for each ``GeosegError.option`` (the Python-API parameter whose
@@ -81,6 +83,10 @@ class _Group(click.Group):
             raise click.ClickException(error_message(e, command)) from None
         except MemoryError:
             raise click.ClickException("out of memory; try a smaller --batch-size or --tile-size") from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:  # e.g. a CSV or JSON written on a full disk
+                raise click.ClickException(f"no space left on device writing {e.filename or 'an output'}") from None
+            raise
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -167,7 +173,7 @@ def version(as_json):
                    f"[{sys.executable}]; installed: {have}")
 
 
-for _command in (predict, areas, info, demo, evaluate, tile, train, version):
+for _command in (predict, areas, info, demo, evaluate, tile, train, version, vectorize):
     cli.add_command(_command)
 
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import rasterio
 
 from .areas import AreaAccumulator, AreaTable, PixelAreas, make_table
 from .bundle import ClassInfo
-from .errors import ConfigError, OutputExistsError, RasterError
+from .errors import ConfigError, GeosegError, OutputExistsError, RasterError, one_line
 from .files import AtomicOutput, place
 from .sources import CLASS_NODATA, CLASSES_TAG, thread_env
 
@@ -225,6 +226,42 @@ def write_qml(path: str | os.PathLike, classes: Sequence[ClassInfo], background:
     Path(path).write_text("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + body + "\n")
 
 
+def _no_space(target: Path, e: BaseException) -> bool:
+    if getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower():
+        return True
+    try:
+        st = os.statvfs(target.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
+def write_error(target: str | os.PathLike, e: BaseException) -> RasterError:
+    """A failed write as one line: a full disk named as such."""
+    target = Path(target)
+    if _no_space(target, e):
+        return RasterError(f"no space left on device writing {target}")
+    return RasterError(f"could not write {target}: {one_line(e)}")
+
+
+def verify_written(path: Path, target: Path) -> None:
+    """Reopen a GeoTIFF just closed and read it back: GDAL does not always report a
+    failed flush (a full disk) when it closes a file. The last row of blocks always;
+    every block when the disk is nearly full."""
+    from rasterio.windows import Window  # noqa: PLC0415
+    try:
+        with rasterio.open(path) as ds:
+            st = os.statvfs(path.parent)
+            if st.f_bavail * st.f_frsize < max(64 << 20, 2 * path.stat().st_size):
+                for _, win in ds.block_windows(1):
+                    ds.read(1, window=win)
+            else:
+                h = ds.block_shapes[0][0]
+                ds.read(1, window=Window(0, max(0, ds.height - h), ds.width, min(h, ds.height)))
+    except Exception as e:  # noqa: BLE001
+        raise write_error(target, e) from None
+
+
 def to_cog(out: AtomicOutput, options: Mapping[str, str] | None = None) -> None:
     """Rewrite a finished GeoTIFF as a Cloud-Optimised GeoTIFF (same temporary path)."""
     from rasterio.shutil import copy as rio_copy  # noqa: PLC0415
@@ -320,9 +357,12 @@ class ClassRasterWriter:
             raise RuntimeError(f"blocks out of order: got unit {res.unit.index}, expected {self._next}")
         from .sources import to_window  # noqa: PLC0415
         win = to_window(res.unit.region)
-        self._dst.write(res.classes, 1, window=win)
-        if self._cdst is not None:
-            self._cdst.write(res.confidence, 1, window=win)
+        try:
+            self._dst.write(res.classes, 1, window=win)
+            if self._cdst is not None:
+                self._cdst.write(res.confidence, 1, window=win)
+        except Exception as e:  # noqa: BLE001
+            raise write_error(self.main.target, e) from None
         self.acc.add(res.classes, res.unit.region.row)
         self._next += 1
 
@@ -339,13 +379,25 @@ class ClassRasterWriter:
         return dict(self.acc.counts.get(None, {}))
 
     def finish(self) -> None:
-        """Tags and colour table, close, RAT and ``.qml``, COG conversion (not committed yet)."""
+        """Tags and colour table, close, RAT and ``.qml``, COG conversion (not committed yet).
+        A write that failed (e.g. a full disk) is one :class:`RasterError`."""
+        try:
+            self._finish()
+        except GeosegError:
+            raise
+        except Exception as e:  # noqa: BLE001  (GDAL, libtiff, OS errors while writing)
+            raise write_error(self.main.target, e) from None
+        self._finished = True
+
+    def _finish(self) -> None:
         with thread_env():
             tag_class_dataset(self._dst, self.classes, self.tags, self.background)
             if self._cdst is not None:
                 self._cdst.set_band_description(1, "confidence (%)")
                 self._cdst.update_tags(UNITS="percent", **{k: v for k, v in self.tags.items() if k == "GEOSEG_MODEL"})
             self._close()
+            for o in self.outputs:
+                verify_written(o.tmp, o.target)
             if self.overviews:
                 for o in self.outputs:
                     build_overviews(o.tmp)
@@ -356,7 +408,6 @@ class ClassRasterWriter:
             if self.cog:
                 for o in self.outputs:
                     to_cog(o, self.creation_options)
-        self._finished = True
 
     def scratch(self, target: str | os.PathLike, suffix: str) -> Path:
         """A temporary path for a side output (CSV, preview) renamed to ``target`` at commit."""

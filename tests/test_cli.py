@@ -718,3 +718,28 @@ def test_batch_memory_estimate_matches_the_measured_model():
     meta = read_metadata(ROOT / "geoseg/data/s2_water.geoseg")
     per_px = batch_memory_bytes(meta, 1024, 1) / 1024 ** 2
     assert 200 <= per_px <= 260   # measured 226-257 B/px for this model (forward peak RSS growth)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 300 kB file system (tmpfs; needs root, skipped elsewhere)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(tiny_bundle, make_geotiff, tiny_disk):
+    rng = np.random.default_rng(0)
+    src = make_geotiff((rng.random((3, 900, 900)) * 255).astype(np.uint8), name="noise.tif")
+    r = subprocess.run(GEOSEG + ["predict", str(tiny_bundle), str(src), str(tiny_disk / "o.tif"), "--areas",
+                                 "--confidence", "--tile-size", "64", "--overlap", "8"],
+                       capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: no space left on device writing {tiny_disk / 'o'}") and last.endswith(".tif")
+    assert "Traceback" not in r.stderr
+    assert list(tiny_disk.iterdir()) == []
