@@ -89,8 +89,12 @@ class _Group(click.Group):
             raise
 
 
+_quiet = {"on": False}
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"Warning: {message}", err=True)
+    if not _quiet["on"]:  # -q: errors only
+        click.echo(f"Warning: {message}", err=True)
     emit("log", level="warning", message=str(message), category=category.__name__)
 
 
@@ -139,6 +143,7 @@ def _setup(verbose: int, quiet: bool, plugin: bool) -> None:
     """Logging, warnings and TensorFlow's log level; under `rio`, also SIGTERM."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     level = logging.WARNING - 10 * verbose if not quiet else logging.ERROR
+    _quiet["on"] = quiet
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a no-op under rio (it configured logging)
     logging.getLogger().setLevel(max(level, logging.DEBUG))
     logging.getLogger("rasterio").setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)

@@ -743,3 +743,17 @@ def test_full_disk_is_one_line_and_leaves_nothing(tiny_bundle, make_geotiff, tin
     assert last.startswith(f"Error: no space left on device writing {tiny_disk / 'o'}") and last.endswith(".tif")
     assert "Traceback" not in r.stderr
     assert list(tiny_disk.iterdir()) == []
+
+
+def test_quiet_prints_errors_only(tiny_bundle, make_geotiff, tmp_path):
+    """-q: no warnings, no summary, no TensorFlow lines; without -q the warning shows."""
+    src = make_geotiff(np.full((3, 40, 40), 100, np.uint8), crs=None, name="nocrs.tif")
+    for quiet in (True, False):
+        r = subprocess.run(GEOSEG + (["-q"] if quiet else []) + ["predict", str(tiny_bundle), str(src),
+                                                                  str(tmp_path / f"o{quiet}.tif"), "--areas"],
+                           capture_output=True, text=True, env=_env(), timeout=120)
+        assert r.returncode == 0, r.stderr
+        if quiet:
+            assert r.stderr == "" and r.stdout == ""
+        else:
+            assert "no CRS" in r.stderr and "windows run" in r.stderr
