@@ -427,3 +427,23 @@ def test_qgis_process_runs_segment_and_class_areas(tmp_path):
                           f"OUTPUT={tmp_path / 'a.csv'}"], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "c_areas.csv").read_text()
+
+
+def test_the_processing_setting_comes_first(geoseg_plugin, monkeypatch):
+    """Processing ▸ Options ▸ Providers ▸ geoseg ▸ geoseg executable beats the environment
+    variable; a wrong setting names itself in the error."""
+    from processing.core.ProcessingConfig import ProcessingConfig
+
+    from geoseg_qgis import runner
+    monkeypatch.setattr(runner, "_handshakes", {})
+    assert ProcessingConfig.getSetting(runner.SETTING) is not None or runner.SETTING in ProcessingConfig.settings
+    monkeypatch.setenv("GEOSEG_EXECUTABLE", "/nonexistent/geoseg")
+    ProcessingConfig.setSettingValue(runner.SETTING, str(GEOSEG_EXE))
+    try:
+        assert runner.find_geoseg() == [str(GEOSEG_EXE)]
+        ProcessingConfig.setSettingValue(runner.SETTING, shutil.which("true"))   # exists, is not geoseg
+        with pytest.raises(qgis_core.QgsProcessingException,
+                           match="Processing setting 'geoseg executable'.*is not a working geoseg"):
+            runner.find_geoseg()
+    finally:
+        ProcessingConfig.setSettingValue(runner.SETTING, "")
