@@ -126,15 +126,16 @@ class AtomicOutput:
         if self.overwrite:
             os.replace(self.tmp, self.target)
         if not keep_extra:
-            self._cleanup_extra()
+            self.cleanup_scratch()
         return self.target
 
     def discard(self) -> None:
         for p in [self.tmp] + [self._sidecar(self.tmp, e) for e in self.SIDECARS]:
             p.unlink(missing_ok=True)
-        self._cleanup_extra()
+        self.cleanup_scratch()
 
-    def _cleanup_extra(self) -> None:
+    def cleanup_scratch(self) -> None:
+        """Remove the :meth:`scratch` files still here (those not placed by the caller)."""
         for p in self.extra:
             for q in (p, p.with_name(p.name + ".aux.xml")):
                 q.unlink(missing_ok=True)

@@ -427,7 +427,10 @@ class ClassRasterWriter:
         if self.conf is not None:
             self.conf.commit()
         self._committed = True
-        return out if not self.overwrite else self.main.commit()
+        if self.overwrite:
+            return self.main.commit()
+        self.main.cleanup_scratch()  # e.g. the COG conversion's
+        return out
 
     def _close(self) -> None:
         for d in (self._dst, self._cdst):
