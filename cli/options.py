@@ -3,7 +3,7 @@
 
 Shared options and the commands that use them:
 
-- ``overwrite_opt``   ``--overwrite``    predict, areas, demo, evaluate, tile, train
+- ``overwrite_opt``   ``--overwrite``    predict, areas, demo, evaluate, tile, train, vectorize
 - ``tile_size_opt``   ``--tile-size``    predict
 - ``overlap_opt``     ``--overlap``      predict
 - ``batch_size_opt``  ``--batch-size``   predict
@@ -19,12 +19,13 @@ Parameter types (a bad value is click's one-line "Invalid value for '--x': ...",
 exit code 2):
 
 - ``BANDS``        ``2,3,4,8`` or band names -> ``tuple[int | str, ...]``      --bands
-- ``NODATA``       ``VALUE|none|auto`` -> number, ``None`` or ``"auto"``      areas --nodata,
+- ``NODATA``       ``VALUE|none|auto`` -> number, ``None`` or ``"auto"``      areas/vectorize --nodata,
   evaluate --truth-nodata, tile --label-nodata
 - ``RGB_MAP``      ``'#3C1098=0,#8429F6=1'`` or a config file -> ``ColourMap``   --rgb-map
 - ``CLASS_NAMES``  ``0=land,1=water``, a JSON file or a .geoseg bundle -> ``dict[int, str]``
-  areas --class-names
-- ``INT_LIST``     ``5`` or ``0,9`` -> ``tuple[int, ...]``                      evaluate --ignore
+  areas/vectorize --class-names
+- ``INT_LIST``     ``5`` or ``0,9`` -> ``tuple[int, ...]``                      evaluate --ignore,
+  vectorize --classes
 - ``FRACTIONS``    three fractions summing to 1 -> ``tuple[float, float, float]``  tile --split
 - ``NUMBERS``      ``-1000`` or ``1e-4,1e-4,...`` -> a float or a tuple            --input-scale,
   --input-offset, --src-nodata

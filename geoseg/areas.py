@@ -29,7 +29,7 @@ from .files import write_atomic
 from .progress import CancelFn, ProgressFn, Reporter
 from .sources import open_raster, read_class_names, resolve_nodata
 
-__all__ = ["PixelAreas", "pixel_areas", "AreaAccumulator", "ClassArea", "AreaTable", "class_areas",
+__all__ = ["PixelAreas", "pixel_areas", "geodesic_of", "AreaAccumulator", "ClassArea", "AreaTable", "class_areas",
            "write_areas_csv", "read_zones", "Zone"]
 
 
@@ -81,6 +81,18 @@ def pixel_areas(crs, transform, width: int, height: int, pixel_size: float | Non
     fx, fy = _axis_factor(pc, "linear")
     det = abs(transform.a * transform.e - transform.b * transform.d)
     return PixelAreas("planar", det * fx * fy)
+
+
+def geodesic_of(crs) -> tuple[object, float] | None:
+    """For a geographic CRS: its ellipsoid as a pyproj ``Geod`` and the degrees per CRS
+    angular unit (what the geodesic pixel areas use); ``None`` for any other CRS."""
+    import pyproj  # noqa: PLC0415
+    pc = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if pc.is_compound:
+        pc = pc.sub_crs_list[0]
+    if not pc.is_geographic:
+        return None
+    return pc.get_geod(), _axis_factor(pc, "angular")[0] * 180.0 / math.pi
 
 
 def _geodesic_rows(pc, transform, height: int) -> np.ndarray:

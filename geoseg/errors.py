@@ -41,7 +41,7 @@ class ModelError(GeosegError, ValueError):
 
 
 class VectorError(GeosegError, OSError):
-    """An AOI vector file cannot be read or used."""
+    """A vector file (an AOI, a polygon output) cannot be read, written or used."""
 
 
 class MissingDependencyError(GeosegError, ModuleNotFoundError):

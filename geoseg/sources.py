@@ -48,7 +48,8 @@ log = logging.getLogger("geoseg")
 
 __all__ = ["Source", "RasterSource", "ArraySource", "open_source", "open_raster", "is_plain_path",
            "resolve_bands", "read_rect", "to_window", "check_same_grid", "label_valid", "resolve_nodata",
-           "read_class_names", "is_georeferenced", "owned_source", "thread_env", "CLASSES_TAG", "CLASS_NODATA"]
+           "read_class_names", "read_class_colours", "is_georeferenced", "owned_source", "thread_env",
+           "CLASSES_TAG", "CLASS_NODATA"]
 
 #: The tag holding a class raster's classes as JSON (written by :mod:`geoseg.output`).
 CLASSES_TAG = "GEOSEG_CLASSES"
@@ -493,6 +494,23 @@ def read_class_names(src) -> dict[int, str]:
         except (ET.ParseError, ValueError, TypeError):
             pass
     return {}
+
+
+def read_class_colours(src, band: int = 1) -> dict[int, tuple[int, int, int]]:
+    """Class colours (RGB) of a class raster: geoseg's tag, else the band's colour table
+    (entries that are fully transparent are left out); ``{}`` when it has neither."""
+    tag = src.tags().get(CLASSES_TAG)
+    if tag:
+        try:
+            return {int(c["id"]): tuple(int(str(c["color"])[i:i + 2], 16) for i in (1, 3, 5))
+                    for c in json.loads(tag)}
+        except (ValueError, KeyError, TypeError, IndexError):
+            pass
+    try:
+        cmap = src.colormap(band)
+    except ValueError:  # no colour table
+        return {}
+    return {int(k): tuple(int(c) for c in v[:3]) for k, v in cmap.items() if len(v) < 4 or v[3] > 0}
 
 
 def _rat_names(path: str) -> dict[int, str]:
