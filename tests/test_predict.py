@@ -1,4 +1,5 @@
 import hashlib
+from pathlib import Path
 from dataclasses import replace
 import warnings
 
@@ -612,3 +613,56 @@ def test_no_crs_warning_offers_nothing_predict_lacks(make_geotiff, tmp_path, fak
     assert all("pixel size" not in str(w.message) for w in rec)
     with pytest.warns(NotGeoreferencedWarning, match="give a pixel size"):
         class_areas(tmp_path / "o.tif")
+
+
+def _rchar() -> int:
+    for line in open("/proc/self/io"):
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise RuntimeError("no rchar")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="Linux /proc/self/io read counters")
+def test_each_compressed_input_byte_is_read_once_per_pass(tmp_path, monkeypatch):
+    """On a deflate-compressed, tiled, pixel-interleaved 6-band input wider than the
+    default GDAL cache could hold by accident: the windows read every byte once (the
+    block cache sized to the width; rasterio's int GDAL_CACHEMAX is bytes), and the
+    plan's decimated sample once (not once per band)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    import geoseg.predict as gp
+    rng = np.random.default_rng(0)
+
+    def scene(path, size):
+        prof = dict(driver="GTiff", width=size, height=size, count=6, dtype="uint16", crs="EPSG:32651",
+                    transform=from_origin(300000, 3500000, 10, 10), tiled=True, blockxsize=256, blockysize=256,
+                    compress="deflate", interleave="pixel")
+        with rasterio.open(path, "w", **prof) as dst:  # noisy like real reflectance: tiles of ~100 kB
+            dst.write(rng.integers(200, 1200, (6, size, size)).astype(np.uint16))
+        return path
+
+    model6 = LoadedModel(make_meta(n_bands=6), None)
+    def zero(x):
+        p = np.zeros(x.shape[:3] + (2,), np.float32)
+        p[..., 0] = 1
+        return p
+    warm = scene(tmp_path / "warm.tif", 512)
+    big = scene(tmp_path / "big.tif", 1792)
+    gp.predict_raster(warm, tmp_path / "w.tif", model6, PredictOptions(), forward=zero)
+    phase = {}
+
+    def counted(name, fn):
+        def run(*a, **k):
+            r = _rchar()
+            try:
+                return fn(*a, **k)
+            finally:
+                phase[name] = _rchar() - r
+        return run
+    monkeypatch.setattr(gp, "make_plan", counted("plan", gp.make_plan))
+    monkeypatch.setattr(gp, "run_plan", counted("run", gp.run_plan))
+    gp.predict_raster(big, tmp_path / "b.tif", model6, PredictOptions(), forward=zero)
+    size = big.stat().st_size
+    assert phase["run"] / size <= 1.05, phase
+    assert phase["plan"] / size <= 1.05, phase
