@@ -447,3 +447,20 @@ def test_the_processing_setting_comes_first(geoseg_plugin, monkeypatch):
             runner.find_geoseg()
     finally:
         ProcessingConfig.setSettingValue(runner.SETTING, "")
+
+
+@pytest.mark.parametrize("alg", ["classareas", "vectorize"])
+def test_cancel_in_process_algorithms_leaves_nothing(geoseg_plugin, qgis_processing, tmp_path, make_geotiff, alg):
+    from rasterio.transform import from_origin
+    rng = np.random.default_rng(1)
+    cls = np.repeat(np.repeat((rng.random((128, 128)) > 0.5).astype(np.uint8), 16, 0), 16, 1)
+    src = make_geotiff(cls, transform=from_origin(0, 0, 10, 10), nodata=255, name="cls.tif",
+                       tiled=True, blockxsize=256, blockysize=256)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / ("a.csv" if alg == "classareas" else "v.gpkg")
+    fb = Recorder(cancel_at_first_progress=True)
+    with pytest.raises(qgis_core.QgsProcessingException, match="cancelled"):
+        qgis_processing.run(f"geoseg:{alg}", {"INPUT": str(src), "OUTPUT": str(out)}, feedback=fb)
+    assert fb.cancelled_at is not None
+    assert list(out_dir.iterdir()) == []
