@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 import rasterio
+import rasterio.env
 
 from .progress import Reporter
 from .sources import owned_source
@@ -60,6 +61,14 @@ def cache_bytes(plan: Plan, src) -> int:
     bpp = sum(np.dtype(src.dtypes[b - 1]).itemsize for b in plan.bands)
     need = int(1.1 * src.width * band_rows * bpp) + (16 << 20)
     return min(max(need, GDAL_CACHE_MB << 20), GDAL_CACHE_MAX_MB << 20)
+
+
+def set_cache(nbytes: int) -> None:
+    """Set GDAL's block cache (one per process) for this run and after it, unless
+    GDAL_CACHEMAX is set in the environment. Not restored at the end of the run: an
+    Env's exit would put back GDAL's default, 5 % of RAM, while the writer still writes."""
+    if "GDAL_CACHEMAX" not in os.environ:
+        rasterio.env.set_gdal_config("GDAL_CACHEMAX", int(nbytes))
 
 
 def gdal_env(cache: int | None = GDAL_CACHE_MB << 20, **extra) -> rasterio.Env:
@@ -111,7 +120,8 @@ def run_plan(plan: Plan, forward: Forward, write: Callable[[UnitResult], None], 
         try:
             # GDAL error handlers are per thread: this thread's Env routes its warnings
             # to logging; the source is opened here, in the thread that reads it.
-            with gdal_env(None), owned_source(plan.source) as src, gdal_env(cache_bytes(plan, src)):
+            with gdal_env(None), owned_source(plan.source) as src:
+                set_cache(cache_bytes(plan, src))
                 for task in tasks:
                     for u in task:
                         if stop.is_set():

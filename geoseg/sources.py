@@ -134,6 +134,10 @@ class Source(Protocol):
     def __exit__(self, *exc) -> None: ...
 
 
+#: GDAL block cache (bytes) while the plan's sample reads every block once.
+SAMPLE_CACHE = 4 << 20
+
+
 def _float_invalid(data: np.ndarray) -> np.ndarray | None:
     if np.issubdtype(data.dtype, np.floating):
         return ~np.isfinite(data).all(axis=0)
@@ -223,6 +227,11 @@ class RasterSource:
         cols = ((np.arange(width) + 0.5) * self.width / width).astype(np.int64)
         data = np.zeros((len(bands), height, width), np.float32)
         m = np.zeros((len(bands), height, width), np.uint8)
+        with rasterio.Env(GDAL_CACHEMAX=SAMPLE_CACHE):  # each block is read once: no cache to grow
+            self._sample_into(bands, rows, cols, data, m)
+        return data, m
+
+    def _sample_into(self, bands, rows, cols, data, m) -> None:
         for _, win in self.ds.block_windows(bands[0]):
             r0, c0 = int(win.row_off), int(win.col_off)
             ri = np.nonzero((rows >= r0) & (rows < r0 + win.height))[0]
@@ -234,7 +243,6 @@ class RasterSource:
             data[np.ix_(range(len(bands)), ri, ci)] = block[(slice(None),) + sub]
             mb = self.ds.read_masks(bands, window=win)
             m[np.ix_(range(len(bands)), ri, ci)] = mb[(slice(None),) + sub]
-        return data, m
 
     def close(self) -> None:
         if self.ds is not None:
