@@ -11,8 +11,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def synthetic_s2(path: Path, size: int, seed: int = 0) -> Path:
-    """A size x size 6-band uint16 GeoTIFF (tiled 512, uncompressed), written strip by strip."""
+def synthetic_s2(path: Path, size: int, seed: int = 0, compress: str | None = None) -> Path:
+    """A size x size 6-band uint16 GeoTIFF (tiled 512, uncompressed unless ``compress``),
+    written strip by strip."""
     import rasterio
     from rasterio.transform import from_origin
     if path.exists():
@@ -20,7 +21,7 @@ def synthetic_s2(path: Path, size: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     prof = dict(driver="GTiff", width=size, height=size, count=6, dtype="uint16", crs="EPSG:32651",
                 transform=from_origin(300000, 3500000, 10, 10), tiled=True, blockxsize=512, blockysize=512,
-                interleave="pixel")
+                interleave="pixel", **({"compress": compress} if compress else {}))
     tmp = path.with_name(path.name + ".part")
     with rasterio.open(tmp, "w", **prof) as dst:
         for r in range(0, size, 512):

@@ -1,6 +1,6 @@
 """Peak memory and time per megapixel of ``predict`` as the scene grows.
 
-    .venv/bin/python bench/scaling.py [--sizes 1024,2048,4096,10980] [--base-filters 8]
+    .venv/bin/python bench/scaling.py [--sizes 1024,2048,4096,10980] [--base-filters 8] [--compress deflate]
 
 Each size runs in a fresh subprocess (so peak RSS is that run's own) on a synthetic
 6-band uint16 scene; 10980 x 10980 is one Sentinel-2 tile. Model loading and the
@@ -56,6 +56,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3, help="best of N for sizes up to 4096")
     ap.add_argument("--workdir", default="bench/out")
+    ap.add_argument("--compress", default=None, help="e.g. deflate: a compressed input (the GDAL cache is then "
+                                                     "sized to hold what the next row of units reads again)")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,8 @@ def main():
     model = str(bench_model(work / f"unet{args.base_filters}.geoseg", args.base_filters))
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        src = synthetic_s2(work / f"s2_{size}.tif", size)
+        src = synthetic_s2(work / f"s2_{size}{'_' + args.compress if args.compress else ''}.tif", size,
+                           compress=args.compress)
         code = CHILD.format(root=root, model=model, src=str(src), dst=str(work / f"pred_{size}.tif"),
                             csv=str(work / f"pred_{size}.csv"), batch=args.batch_size,
                             repeat=args.repeat if size <= 4096 else 1)
