@@ -29,3 +29,24 @@ def test_class_raster_opens_with_names_colours_and_place(qgis_app, make_geotiff,
     assert classes == [(0, "non-water", "#000000"), (1, "water", "#00ffff")]
     dp = layer.dataProvider()
     assert dp.sourceHasNoDataValue(1) and dp.sourceNoDataValue(1) == 255
+
+
+def test_names_show_without_the_qml(qgis_app, make_geotiff, tmp_path):
+    """QGIS 3.22 labels a paletted layer with the GDAL category names geoseg writes (PAM
+    .aux.xml beside the file): a class raster copied without its .qml still shows names."""
+    import shutil
+
+    from rasterio.transform import from_origin
+    rng = np.random.default_rng(0)
+    src = make_geotiff(rng.random((3, 40, 50)).astype(np.float32), crs="EPSG:32651",
+                       transform=from_origin(358920, 3460330, 10, 10))
+    meta = make_meta(classes=((0, "non-water", "#000000"), (1, "water", "#00FFFF")))
+    r = predict_raster(src, tmp_path / "water.tif", LoadedModel(meta, None), PredictOptions(),
+                       forward=threshold_forward())
+    moved = tmp_path / "copy"
+    moved.mkdir()
+    shutil.copy(r.output, moved / "w.tif")
+    shutil.copy(str(r.output) + ".aux.xml", moved / "w.tif.aux.xml")
+    layer = qgis_core.QgsRasterLayer(str(moved / "w.tif"), "w")
+    labels = {int(c.value): c.label for c in layer.renderer().classes()}
+    assert labels[0] == "non-water" and labels[1] == "water"
