@@ -757,3 +757,36 @@ def test_quiet_prints_errors_only(tiny_bundle, make_geotiff, tmp_path):
             assert r.stderr == "" and r.stdout == ""
         else:
             assert "no CRS" in r.stderr and "windows run" in r.stderr
+
+
+def test_progress_bar_appears_before_the_model_loads(tiny_bundle, rgb_byte, tmp_path):
+    """On a terminal the bar is drawn at once (0 %), not after TensorFlow's seconds of loading."""
+    import pty
+    import select
+    cmd = GEOSEG + ["predict", str(tiny_bundle), str(rgb_byte), str(tmp_path / "o.tif"), "--tile-size", "64",
+                    "--overlap", "8"]
+    t0 = time.monotonic()
+    pid, fd = pty.fork()
+    if pid == 0:  # child: stderr and stdout are the terminal
+        os.environ.update(_env())
+        os.execv(sys.executable, cmd)
+    seen, first = b"", None
+    while True:
+        r, _, _ = select.select([fd], [], [], 120)
+        if not r:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if first is None and b"segmenting" in seen:
+            first = time.monotonic() - t0
+    _, status = os.waitpid(pid, 0)
+    total = time.monotonic() - t0
+    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+    assert first is not None, seen.decode(errors="replace")
+    # the bar shows while TensorFlow still loads: well before the end of the run
+    assert first < total - 1.0, (first, total)
