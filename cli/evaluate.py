@@ -9,7 +9,7 @@ import click
 
 from .options import (INT_LIST, NODATA, bands_opt, input_offset_opt, input_scale_opt, overwrite_opt, rgb_map_opt,
                       mask_scl_opt, resample_opt, src_nodata_opt, tta_opt)
-from .progress import progress_bar
+from .progress import emit_result, machine, progress_bar
 
 
 @click.command(short_help="Accuracy of a class raster (or of a model) against a truth raster.")
@@ -96,5 +96,6 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
         if not quiet:
             for f in files:
                 click.echo(f"wrote {f}", err=True)
-    else:
+    elif not machine():
         click.echo(json.dumps(scores.as_dict(), indent=2))
+    emit_result("evaluate", {Path(f).name: f for f in files} if prefix else {}, scores=scores.as_dict())

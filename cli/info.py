@@ -1,6 +1,10 @@
 """geoseg info"""
 
+import json
+
 import click
+
+from .progress import emit_result, machine
 
 
 @click.command(short_help="Show a model bundle's metadata.")
@@ -18,4 +22,7 @@ def info(model, as_json):
     from geoseg.bundle import format_metadata, read_metadata
 
     meta = read_metadata(model)
-    click.echo(meta.to_json() if as_json else format_metadata(meta, model))
+    if machine():
+        emit_result("info", {}, metadata=json.loads(meta.to_json()))
+    else:
+        click.echo(meta.to_json() if as_json else format_metadata(meta, model))

@@ -21,7 +21,7 @@ from .demo import demo
 from .evaluate import evaluate
 from .info import info
 from .predict import predict
-from .progress import MODES, PROTOCOL, emit, emit_result, machine
+from .progress import MODES, PROTOCOL, claim_stdout, emit, emit_result, machine
 from .tile import tile
 from .train import train
 from .vectorize import vectorize
@@ -150,6 +150,8 @@ def _setup(verbose: int, quiet: bool, plugin: bool) -> None:
     warnings.showwarning = _show_warning
     # Debian's mpl_toolkits (pulled in with QGIS) beside pip's matplotlib: harmless here
     warnings.filterwarnings("ignore", message="Unable to import Axes3D")
+    if machine():
+        claim_stdout()
     if machine() and not any(isinstance(h, _ProtocolHandler) for h in logging.getLogger().handlers):
         logging.getLogger().addHandler(_ProtocolHandler(level=max(level, logging.INFO)))
     if plugin and threading.current_thread() is threading.main_thread() \

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import sys
 import threading
 
@@ -28,6 +29,23 @@ import click
 PROTOCOL = 1
 MODES = ("bar", "jsonl", "none")
 _lock = threading.Lock()
+_protocol_out = {"stream": None}
+
+
+def claim_stdout() -> None:
+    """In ``jsonl`` mode standard output carries protocol lines only: keep the real
+    stdout for them and send everything else written to file descriptor 1 (prints,
+    Keras progress, C libraries) to stderr."""
+    if _protocol_out["stream"] is not None:
+        return
+    sys.stdout.flush()
+    try:
+        fd = os.dup(1)
+        os.dup2(2, 1)
+        _protocol_out["stream"] = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+    except (OSError, ValueError, io.UnsupportedOperation):  # no real fds (e.g. click's test runner)
+        _protocol_out["stream"] = sys.stdout
+        sys.stdout = sys.stderr
 
 
 def mode() -> str:
@@ -47,9 +65,10 @@ def emit(event: str, **fields) -> None:
     if not machine():
         return
     line = json.dumps({"v": PROTOCOL, "event": event, **fields}, default=str, allow_nan=False)
+    out = _protocol_out["stream"] or sys.stdout
     with _lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        out.write(line + "\n")
+        out.flush()
 
 
 def table_records(table) -> list[dict]:

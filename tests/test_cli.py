@@ -790,3 +790,29 @@ def test_progress_bar_appears_before_the_model_loads(tiny_bundle, rgb_byte, tmp_
     assert first is not None, seen.decode(errors="replace")
     # the bar shows while TensorFlow still loads: well before the end of the run
     assert first < total - 1.0, (first, total)
+
+
+def test_jsonl_stdout_carries_protocol_lines_only(tiny_bundle, rgb_byte, tmp_path):
+    """Every command in --progress jsonl mode: each stdout line is a protocol event, the
+    last one its result; what would have gone to stdout (info's text, evaluate's JSON,
+    areas' CSV, anything printed) is in the result event or on stderr."""
+    out = tmp_path / "c.tif"
+    runs = [
+        ["predict", str(tiny_bundle), str(rgb_byte), str(out), "--tile-size", "64", "--overlap", "8"],
+        ["info", str(tiny_bundle)],
+        ["areas", str(out)],
+        ["evaluate", str(out), str(out)],
+        ["vectorize", str(out), str(tmp_path / "v.gpkg")],
+        ["version"],
+    ]
+    for args in runs:
+        r = subprocess.run(GEOSEG + ["--progress", "jsonl", *args], capture_output=True, text=True, env=_env(),
+                           timeout=300)
+        assert r.returncode == 0, (args, r.stderr)
+        ev = _events(r.stdout)
+        assert ev[-1]["event"] == "result" and ev[-1]["command"] == args[0], (args, r.stdout)
+    assert ev[-1]["protocol"] == 1
+    r = subprocess.run(GEOSEG + ["--progress", "jsonl", "info", str(tiny_bundle)], capture_output=True, text=True,
+                       env=_env(), timeout=60)
+    meta = _events(r.stdout)[-1]["metadata"]
+    assert meta["format"] == "geoseg-model" and len(meta["classes"]) == 2
