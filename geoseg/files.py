@@ -24,8 +24,21 @@ __all__ = ["AtomicOutput", "write_atomic", "place", "temp_tag", "sweep_stale", "
 
 #: A temporary file or folder untouched this long is stale whoever made it.
 STALE_AFTER_S = 24 * 3600
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
-_STALE = re.compile(r"^\..+\.(?:geoseg-tmp|tile-new|tile-old)-(?:(?P<host>[0-9a-f]{4})p(?P<pid>\d+)r)?[0-9a-f]+")
+def _pid_space() -> str:
+    """Who can tell whether a pid is alive: this kernel's boot and this pid namespace
+    (containers on one host share the boot id but not the namespace; machines sharing a
+    file system differ in boot id). Hostnames are not enough (equal in sidecars)."""
+    ident = socket.gethostname()
+    for f in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            ident += "|" + (os.readlink(f) if f.endswith("/pid") else Path(f).read_text().strip())
+        except OSError:
+            ident += "|?"
+    return hashlib.sha1(ident.encode()).hexdigest()[:10]
+
+
+_HOST = _pid_space()
+_STALE = re.compile(r"^\..+\.(?:geoseg-tmp|tile-new|tile-old)-(?:(?P<host>[0-9a-f]{10})p(?P<pid>\d+)r)?[0-9a-f]+")
 _swept: set[Path] = set()
 
 

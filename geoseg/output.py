@@ -99,6 +99,33 @@ def with_options(prof: dict[str, Any], options: Mapping[str, str]) -> dict[str, 
     return out
 
 
+_GDAL_FILE = re.compile(r'^[A-Za-z0-9_]+:"?(?P<path>[^":]+(?::\\[^":]*)?)"?(?::.*)?$')
+
+
+def input_files(name: str | os.PathLike) -> list[str]:
+    """The files behind an input name: itself, and for GDAL names the file they live in
+    (``GPKG:proj.gpkg:table``, ``NETCDF:"f.nc":var``, ``/vsizip/a.zip/x.tif``,
+    ``/vsigzip/x.tif.gz``, ``x.tif|option:…``), so no spelling of an input is an output."""
+    s = os.fspath(name).strip()
+    out = [s]
+    base = s.split("|", 1)[0]
+    out.append(base)
+    if base.startswith("/vsi") and not base.startswith(("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsimem")):
+        rest = base.split("/", 2)[2] if base.count("/") >= 2 else ""
+        # the archive or compressed file: the longest existing prefix of the rest
+        parts = rest.split("/")
+        for k in range(len(parts), 0, -1):
+            cand = "/".join(parts[:k])
+            if cand and os.path.isfile(cand):
+                out.append(cand)
+                break
+    else:
+        m = _GDAL_FILE.match(base)
+        if m and not base.startswith(("http:", "https:")):
+            out.append(m["path"])
+    return out
+
+
 def check_output_path(dst: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (),
                       overwrite: bool = False, what: str = "output") -> Path:
     """Refuse outputs that would clobber an input, an existing file (without
@@ -107,12 +134,13 @@ def check_output_path(dst: str | os.PathLike, inputs: Sequence[str | os.PathLike
     for i in inputs:
         if not isinstance(i, (str, os.PathLike)):
             continue
-        ip = Path(i).expanduser().absolute()
-        same = ip == d
-        if not same and ip.exists() and d.exists():
-            same = os.path.samefile(ip, d)
-        if same:
-            raise RasterError(f"{what} {d} is the same file as the input; choose another path")
+        for f in input_files(i):
+            ip = Path(f).expanduser().absolute()
+            same = ip == d
+            if not same and ip.exists() and d.exists():
+                same = os.path.samefile(ip, d)
+            if same:
+                raise RasterError(f"{what} {d} is the same file as the input {i}; choose another path")
     if d.is_dir():
         raise RasterError(f"{what} {d} is a directory; give a file name")
     if d.is_symlink() or (d.exists() and not d.is_file()):

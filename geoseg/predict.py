@@ -133,7 +133,7 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
     if confidence_path is not None and Path(confidence_path).suffix.lower() not in (".tif", ".tiff"):
         raise ConfigError("the confidence output is a GeoTIFF: give it a .tif name")
     given = list(src) if isinstance(src, (list, tuple)) else [src]
-    inputs = [p for p in given if isinstance(p, (str, os.PathLike)) and is_plain_path(p)]
+    inputs = [p for p in given if isinstance(p, (str, os.PathLike))]  # GDAL names too: their files count
     if isinstance(model, (str, os.PathLike)):
         inputs.append(model)
     elif getattr(model, "path", ""):
@@ -147,6 +147,9 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
             if rp in resolved.values():
                 raise RasterError(f"{what} {rp} is also given as another output")
             resolved[what] = rp
+    # the style QGIS loads with the output: never an input's own style, never replaced unasked
+    own_styles = [Path(p).with_suffix(".qml") for p in inputs if is_plain_path(p)]
+    check_output_path(resolved["output"].with_suffix(".qml"), inputs + own_styles, overwrite, "style")
     reporter = Reporter(progress, is_cancelled)
     reporter.check()
     source = open_source(src, **options.product_options())

@@ -186,7 +186,7 @@ def vectorize_classes(src: str | os.PathLike, dst: str | os.PathLike, *,
         cache = 2 * width * step * np.dtype(ds.dtypes[band - 1]).itemsize + (16 << 20)
         reporter.total = len(starts)
 
-        out = AtomicOutput(target)
+        out = AtomicOutput(target, overwrite)
         geometry_type = "Polygon" if connectivity == 4 else "MultiPolygon"
         writer = _LayerWriter(out.tmp, target.name, layer_name, crs_wkt, geometry_type)
         seen: set[int] = set()

@@ -640,14 +640,14 @@ def test_stale_temporaries_of_killed_runs_are_swept(runner, tiny_bundle, rgb_byt
     from geoseg import files
     dead = subprocess.Popen(["true"])
     dead.wait()
-    host = files.temp_tag()[:4]
+    host = files.temp_tag().split("p")[0]
     out = tmp_path / "out"
     out.mkdir()
     stale_file = out / f".c.geoseg-tmp-{host}p{dead.pid}r0011aabb.tif"
     stale_dir = out / f".chips.tile-new-{host}p{dead.pid}r0011aabb"
     live = out / f".c.geoseg-tmp-{host}p{os.getppid()}r0011aabb.tif"       # our parent still runs
     old_foreign = out / ".d.geoseg-tmp-9f3e2a1b.tif"                          # old-style name, 2 days old
-    fresh_foreign = out / ".e.geoseg-tmp-ffffp1r00aa.tif"                      # another host's, fresh
+    fresh_foreign = out / ".e.geoseg-tmp-ffffffffffp1r00aa.tif"                # another host's, fresh
     unrelated = out / ".c.something-else.tif"
     for p in (stale_file, live, old_foreign, fresh_foreign, unrelated):
         p.write_bytes(b"x")
@@ -816,3 +816,33 @@ def test_jsonl_stdout_carries_protocol_lines_only(tiny_bundle, rgb_byte, tmp_pat
                        env=_env(), timeout=60)
     meta = _events(r.stdout)[-1]["metadata"]
     assert meta["format"] == "geoseg-model" and len(meta["classes"]) == 2
+
+
+def test_no_spelling_of_an_input_is_an_output(tiny_bundle, rgb_byte, tmp_path):
+    """GDAL names (/vsizip/, /vsigzip/, GPKG:file:table) point into files that are
+    inputs too; an input's .qml style is never replaced; an existing style needs --overwrite."""
+    import zipfile
+    cls = tmp_path / "t.tif"
+    shutil.copy(ROOT / "geoseg" / "data" / "s2_shanghai_truth.tif", cls)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.write(cls, "t.tif")
+    before = (tmp_path / "a.zip").read_bytes()
+    for args in (["areas", f"/vsizip/{tmp_path}/a.zip/t.tif", "-o", str(tmp_path / "a.zip"), "--overwrite"],
+                 ["vectorize", f"/vsizip/{tmp_path}/a.zip/t.tif", str(tmp_path / "a.zip"), "--overwrite"]):
+        r = subprocess.run(GEOSEG + args, capture_output=True, text=True, env=_env(), timeout=120)
+        assert r.returncode == 1 and "same file as the input" in r.stderr, r.stderr
+    assert (tmp_path / "a.zip").read_bytes() == before
+    # the input's own style beside it (scene.tif + scene.qml) and an output scene.tiff
+    scene = tmp_path / "scene.tif"
+    shutil.copy(rgb_byte, scene)
+    (tmp_path / "scene.qml").write_text("<qgis>user's style</qgis>")
+    r = subprocess.run(GEOSEG + ["predict", str(tiny_bundle), str(scene), str(tmp_path / "scene.tiff"), "--overwrite",
+                                 "--tile-size", "64", "--overlap", "8"], capture_output=True, text=True, env=_env(),
+                       timeout=120)
+    assert r.returncode == 1 and "style" in r.stderr and "same file as the input" in r.stderr, r.stderr
+    assert (tmp_path / "scene.qml").read_text() == "<qgis>user's style</qgis>"
+    (tmp_path / "w.qml").write_text("<qgis>kept</qgis>")
+    r = subprocess.run(GEOSEG + ["predict", str(tiny_bundle), str(scene), str(tmp_path / "w.tif"), "--tile-size", "64",
+                                 "--overlap", "8"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 1 and "style" in r.stderr and "exists" in r.stderr and "--overwrite" in r.stderr
+    assert not (tmp_path / "w.tif").exists() and (tmp_path / "w.qml").read_text() == "<qgis>kept</qgis>"

@@ -21,7 +21,7 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingConte
 from qgis.PyQt.QtGui import QIcon
 
 from .provider import ICON
-from .runner import Cancelled, core_importable, run_geoseg
+from .runner import core_importable, run_geoseg
 
 #: geoseg's choices (geoseg.unit.BLENDS, TTA_VIEWS; a test checks they match the core)
 BLENDS = ("crop", "cosine")
@@ -84,10 +84,14 @@ def raster_path(layer, what: str = "input") -> str:
             "first (right-click the layer ▸ Export ▸ Save As…, format GeoTIFF) and run on the exported file")
     source = layer.source()
     parts = QgsProviderRegistry.instance().decodeUri("gdal", source)
-    path = parts.get("path") or source
-    if parts.get("layerName"):  # a layer inside a GeoPackage or similar: GDAL's own name for it
-        path = source
-    return path
+    if parts.get("openOptions"):
+        raise QgsProcessingException(
+            f"layer {layer.name()!r} is opened with GDAL options ({', '.join(parts['openOptions'])}) that geoseg "
+            "would not apply; export the layer as QGIS shows it (right-click ▸ Export ▸ Save As…) and run on that file")
+    if parts.get("layerName") or not parts.get("path"):  # inside a GeoPackage or similar: GDAL's own name for it
+        return source.split("|", 1)[0]
+    # a file inside an archive: QGIS splits /vsizip//a.zip/x.tif into prefix, path and suffix
+    return f"{parts.get('vsiPrefix') or ''}{parts['path']}{parts.get('vsiSuffix') or ''}"
 
 
 def _numbers(text: str, what: str) -> list[int]:
@@ -133,7 +137,7 @@ class _Base(QgsProcessingAlgorithm):
             try:
                 result = fn(*args, progress=progress, is_cancelled=feedback.isCanceled, **kwargs)
             except CoreCancelled:
-                raise Cancelled("geoseg: cancelled; no output was written") from None
+                raise QgsProcessingException("geoseg: cancelled; no output was written") from None
             except GeosegError as e:
                 raise QgsProcessingException(str(e).strip().splitlines()[0]) from None
             finally:
@@ -272,6 +276,12 @@ class ClassAreas(_Base):
         out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         if core_importable():
             from geoseg.areas import class_areas, write_areas_csv
+            from geoseg.errors import GeosegError
+            from geoseg.output import check_output_path
+            try:  # never an input as the output (the child process checks this itself)
+                check_output_path(out, [src] + ([aoi] if aoi else []), overwrite=True, what="areas CSV")
+            except GeosegError as e:
+                raise QgsProcessingException(str(e)) from None
             table = self._in_process(feedback, class_areas, src, aoi=aoi, zone_field=zone)
             write_areas_csv(table, out)
             from geoseg.areas import format_table

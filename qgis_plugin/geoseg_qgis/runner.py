@@ -48,10 +48,6 @@ POLL_S = 0.1
 _handshakes: dict[tuple[str, ...], dict] = {}
 
 
-class Cancelled(QgsProcessingException):
-    """The user cancelled; geoseg removed what it had started to write."""
-
-
 def clean_env() -> dict[str, str]:
     """The environment for geoseg's process: QGIS's Python, GDAL and PROJ settings removed."""
     env = {k: v for k, v in os.environ.items()
@@ -207,7 +203,7 @@ class Run:
 
     def run(self) -> dict:
         """Run to the end; the ``result`` event, or QgsProcessingException with
-        geoseg's one-line message (:class:`Cancelled` after a cancel)."""
+        geoseg's one-line message ("cancelled" after a cancel)."""
         fb = self.feedback
         argv = [*self.cmd, "--progress", "jsonl", *self.args]
         if fb is not None:
@@ -249,10 +245,19 @@ class Run:
             kind, line = self.events.get_nowait()
             if kind != "eof":
                 self._handle(kind, line)
-        if terminated_at is not None or proc.returncode == 130 or self.cancelled:
-            raise Cancelled("geoseg: cancelled; no output was written")
-        if proc.returncode != 0 or self.result is None:
-            msg = self.error or (self.stderr_tail[-1] if self.stderr_tail else f"exit code {proc.returncode}")
+        if self.result is not None:
+            pass  # geoseg sends its result once its outputs are in place: a late cancel changes nothing
+        elif terminated_at is not None or proc.returncode == 130 or self.cancelled:
+            # a plain QgsProcessingException: QGIS shows its message (a subclass gets a traceback)
+            raise QgsProcessingException("geoseg: cancelled; no output was written")
+        elif self.error:
+            raise QgsProcessingException(self.error.removeprefix("Error: "))
+        elif proc.returncode < 0:
+            raise QgsProcessingException(f"geoseg was killed by signal {-proc.returncode} (out of memory?) before it "
+                                         "finished; see the log for its last lines")
+        else:
+            errors = [ln for ln in self.stderr_tail if ln.startswith("Error")]
+            msg = errors[-1] if errors else f"geoseg stopped with exit code {proc.returncode} without a result"
             raise QgsProcessingException(msg.removeprefix("Error: "))
         if fb is not None:
             fb.setProgress(self.span[1])

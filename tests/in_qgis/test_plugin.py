@@ -464,3 +464,30 @@ def test_cancel_in_process_algorithms_leaves_nothing(geoseg_plugin, qgis_process
         qgis_processing.run(f"geoseg:{alg}", {"INPUT": str(src), "OUTPUT": str(out)}, feedback=fb)
     assert fb.cancelled_at is not None
     assert list(out_dir.iterdir()) == []
+
+
+def test_layers_in_archives_and_inputs_never_outputs(geoseg_plugin, qgis_processing, geoseg_exe, tmp_path,
+                                                      monkeypatch):
+    """A raster layer inside a zip reaches geoseg as GDAL's name for it; in-process Class
+    areas refuses its own input as the output (as the child process does)."""
+    import zipfile
+
+    from geoseg_qgis import algorithms
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.write(TRUTH, "t.tif")
+    layer = qgis_core.QgsRasterLayer(f"/vsizip/{tmp_path}/a.zip/t.tif", "zipped")
+    assert layer.isValid()
+    qgis_core.QgsProject.instance().addMapLayer(layer)
+    try:
+        qgis_processing.run("geoseg:classareas", {"INPUT": layer.id(), "OUTPUT": str(tmp_path / "z.csv")})
+    finally:
+        qgis_core.QgsProject.instance().removeMapLayer(layer.id())
+    assert (tmp_path / "z.csv").read_text() == geoseg_cli("areas", TRUTH).stdout
+    victim = tmp_path / "victim.tif"
+    shutil.copy(TRUTH, victim)
+    before = victim.read_bytes()
+    for in_process in (True, False):
+        monkeypatch.setattr(algorithms, "core_importable", lambda v=in_process: v)
+        with pytest.raises(qgis_core.QgsProcessingException, match="same file as the input"):
+            qgis_processing.run("geoseg:classareas", {"INPUT": str(victim), "OUTPUT": str(victim)})
+    assert victim.read_bytes() == before
