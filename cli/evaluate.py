@@ -91,8 +91,8 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
     if not quiet:
         click.echo(format_scores(scores), err=True)
     if prefix:
-        files = write_scores(scores, prefix)
-        files.append(plot_confusion(scores, str(prefix) + "_confusion.png", Path(prediction).name))
+        files = write_scores(scores, prefix, overwrite)
+        files.append(plot_confusion(scores, str(prefix) + "_confusion.png", Path(prediction).name, overwrite))
         if not quiet:
             for f in files:
                 click.echo(f"wrote {f}", err=True)

@@ -17,6 +17,7 @@ scenes of any size.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -188,12 +189,13 @@ def evaluate_rasters(pred_path: str | os.PathLike, truth_path: str | os.PathLike
     return sink.scores(class_names, background)
 
 
-def write_scores(scores: Scores, prefix: str | os.PathLike) -> list[Path]:
-    """``PREFIX.json`` (everything), ``PREFIX.csv`` (one row per class plus means)."""
+def write_scores(scores: Scores, prefix: str | os.PathLike, overwrite: bool = True) -> list[Path]:
+    """``PREFIX.json`` (everything), ``PREFIX.csv`` (one row per class plus means); without
+    ``overwrite`` a file another run put there meanwhile is not replaced."""
     prefix = Path(prefix)
     out_json = prefix.with_name(prefix.name + ".json")
     out_csv = prefix.with_name(prefix.name + ".csv")
-    write_atomic(out_json, json.dumps(scores.as_dict(), indent=2) + "\n")
+    write_atomic(out_json, json.dumps(scores.as_dict(), indent=2) + "\n", overwrite)
     lines = ["class_id,class_name,iou,dice,precision,recall,truth_pixels,predicted_pixels"]
     d = scores.as_dict()
     for c in d["classes"]:
@@ -202,11 +204,11 @@ def write_scores(scores: Scores, prefix: str | os.PathLike) -> list[Path]:
     for key in ("mean_iou_excluding_background", "mean_dice_excluding_background", "overall_accuracy"):
         v = d[key]
         lines.append(f"{key},,{'' if v is None else f'{v:.6f}'},,,,,")
-    write_atomic(out_csv, "\n".join(lines) + "\n")
+    write_atomic(out_csv, "\n".join(lines) + "\n", overwrite)
     return [out_json, out_csv]
 
 
-def plot_confusion(scores: Scores, path: str | os.PathLike, title: str = "") -> Path:
+def plot_confusion(scores: Scores, path: str | os.PathLike, title: str = "", overwrite: bool = True) -> Path:
     """Confusion-matrix PNG: rows (truth) normalised to 1, counts written in the cells."""
     from .preview import pyplot  # noqa: PLC0415  (matplotlib only when a plot is asked for)
     plt = pyplot()
@@ -233,10 +235,10 @@ def plot_confusion(scores: Scores, path: str | os.PathLike, title: str = "") -> 
     ax.set_title((title + "\n" if title else "") + head, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    return out
+    return write_atomic(path, buf.getvalue(), overwrite)
 
 
 def evaluate_model_on_raster(model, image, truth_path: str | os.PathLike, options: PredictOptions | None = None,
