@@ -46,12 +46,19 @@ from .progress import emit_result, progress_bar, table_records
 @click.option("--stack", is_flag=True,
               help="The INPUTs are the band files of one Sentinel-2 scene (e.g. T51RUQ_..._B02_10m.jp2 ...; "
                    "bands found by name, 20 m bands on the 10 m grid, an SCL file masks).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run on N local worker processes (a Dask LocalCluster on loopback; needs geoseg[xarray]). "
+                   "The output is the same bytes as without.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on an existing Dask cluster (tcp://host:8786, or a scheduler JSON file); the inputs "
+                   "must be on storage its workers see.")
+@click.option("--dashboard", is_flag=True, help="With --workers: serve Dask's dashboard on port 8787.")
 @overwrite_opt
 @click.pass_context
 def predict(ctx, model, inputs, output, tile_size, overlap, batch_size, blend, tta, bands, input_scale, input_offset, src_nodata,
             resample, mask_scl,
             areas, confidence, areas_csv, confidence_tif, preview,
-            cog, creation_options, overviews, stack, overwrite):
+            cog, creation_options, overviews, stack, workers, scheduler, dashboard, overwrite):
     """Segment INPUT rasters with MODEL (a .geoseg bundle) into class GeoTIFFs.
 
     The last argument (or -o) is the OUTPUT: a .tif file for one input, or an existing
@@ -67,7 +74,10 @@ def predict(ctx, model, inputs, output, tile_size, overlap, batch_size, blend, t
       geoseg predict water.geoseg stack.tif water.tif --bands 2,3,4,8,11,12
       geoseg predict water.geoseg scenes/*.tif results/ --areas --cog
       geoseg predict water.geoseg S2_scene.tif -o water.tif --co COMPRESS=ZSTD --overviews
+      geoseg predict water.geoseg scenes/*.tif results/ --workers 4
+      geoseg predict water.geoseg /shared/scene.tif /shared/water.tif --scheduler tcp://10.0.0.5:8786
     """
+    from geoseg.distributed import cluster_client
     from geoseg.errors import BatchError
     from geoseg.predict import PredictOptions, predict_many, predict_raster, sidecar_paths
 
@@ -95,14 +105,17 @@ def predict(ctx, model, inputs, output, tile_size, overlap, batch_size, blend, t
     if (areas_csv or confidence_tif) and out_p.is_dir():
         raise click.UsageError("--areas-csv and --confidence-tif name the side outputs of one output file, "
                                "not of a directory")
+    if dashboard and workers is None:
+        raise click.UsageError("--dashboard goes with --workers (a cluster of your own has its own dashboard)")
     failed = None
-    with progress_bar("segmenting", quiet) as cb:
+    with cluster_client(workers, scheduler, dashboard=dashboard) as client, \
+            progress_bar("segmenting", quiet) as cb:
         if out_p.is_dir():
             try:
                 results = predict_many(srcs, out_p, model, opts, areas=areas, confidence=confidence,
                                        preview=preview, overwrite=overwrite, cog=cog,
                                        creation_options=co, overviews=overviews,
-                                       progress_for=lambda p: cb)
+                                       progress_for=lambda p: cb, client=client)
             except BatchError as e:  # the others were written: report them, then the failures
                 results, failed = e.results, e
         else:
@@ -110,7 +123,7 @@ def predict(ctx, model, inputs, output, tile_size, overlap, batch_size, blend, t
             sides["areas_path"] = areas_csv or sides["areas_path"]
             sides["confidence_path"] = confidence_tif or sides["confidence_path"]
             results = [predict_raster(srcs[0], out_p, model, opts, overwrite=overwrite, cog=cog, progress=cb,
-                                      creation_options=co, overviews=overviews, **sides)]
+                                      creation_options=co, overviews=overviews, client=client, **sides)]
     _report(results, areas, quiet)
     emit_result("predict", {"output": out_p},
                 results=[{"outputs": {"classes": str(r.output), "qml": str(r.output.with_suffix(".qml")),

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -160,9 +161,11 @@ def build_unet(n_classes: int, n_bands: int, *, base_filters: int = 16, base_ker
     return keras.Model(inputs, outputs, name=name)
 
 
-def save_model(path: str | os.PathLike, model: Any, meta: ModelMeta) -> None:
+def save_model(path: str | os.PathLike, model: Any, meta: ModelMeta, *, overwrite: bool = True) -> None:
     """Save ``model`` and ``meta`` as one ``.geoseg`` bundle (atomically), without
-    optimizer state (a trained model's Adam moments would triple the file)."""
+    optimizer state (a trained model's Adam moments would triple the file). Without
+    ``overwrite`` an existing file at ``path`` is never replaced
+    (:class:`~geoseg.errors.OutputExistsError`)."""
     keras_module()
     _check_model_fits(model, meta, str(path))
     if getattr(model, "optimizer", None) is not None or getattr(model, "compiled", False):
@@ -172,7 +175,7 @@ def save_model(path: str | os.PathLike, model: Any, meta: ModelMeta) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / MODEL_NAME
         model.save(f)
-        write_bundle(path, meta, f.read_bytes())
+        write_bundle(path, meta, f.read_bytes(), overwrite=overwrite)
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,7 @@ def _sha256(path: Path) -> str:
 #: How many times this process loaded a bundle to build a forward function (tests count it).
 LOADS = {"count": 0}
 _FORWARDS: dict[ModelRef, Callable[[np.ndarray], np.ndarray]] = {}
+_LOAD_LOCK = threading.RLock()
 _MAX_FORWARDS = 4
 
 
@@ -232,11 +236,15 @@ def load_forward(ref: ModelRef) -> Callable[[np.ndarray], np.ndarray]:
     from .unit import tta_forward  # noqa: PLC0415  (unit imports rasterio: keep this module light)
     if ref in _FORWARDS:
         return _FORWARDS[ref]
-    if _sha256(Path(ref.path)) != ref.sha256:
-        raise ModelError(f"{ref.path}: the bundle changed since this run started")
-    lm = load_model(ref.path)
-    LOADS["count"] += 1
-    return _cache(ref, tta_forward(make_forward(lm.keras_model, lm.meta.input.n_bands, lm.meta.head), ref.tta))
+    with _LOAD_LOCK:  # tasks on threads (dask's threaded scheduler) wait for one load
+        if ref in _FORWARDS:
+            return _FORWARDS[ref]
+        if _sha256(Path(ref.path)) != ref.sha256:
+            raise ModelError(f"{ref.path}: the bundle changed since this run started")
+        lm = load_model(ref.path)
+        LOADS["count"] += 1
+        return _cache(ref, tta_forward(make_forward(lm.keras_model, lm.meta.input.n_bands, lm.meta.head),
+                                       ref.tta))
 
 
 def forward_of(model: LoadedModel, tta: str = "none") -> Callable[[np.ndarray], np.ndarray]:

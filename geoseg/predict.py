@@ -36,7 +36,7 @@ from .sources import CLASS_NODATA, ArraySource, Source, is_plain_path, open_sour
 from .unit import Forward, PredictOptions, UnitResult, make_plan, tta_forward
 
 __all__ = ["PredictOptions", "PredictResult", "predict_raster", "predict_many", "predict_array", "sidecar_paths",
-           "resolve_model", "output_tags"]
+           "resolve_model", "output_tags", "cluster_model"]
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
                    preview_path: str | os.PathLike | None = None, cog: bool = False,
                    creation_options: Mapping[str, Any] | None = None, overviews: bool = False,
                    forward: Forward | None = None, progress: ProgressFn | None = None,
-                   is_cancelled: CancelFn | None = None) -> PredictResult:
+                   is_cancelled: CancelFn | None = None, client: Any = None) -> PredictResult:
     """Segment ``src`` into a class GeoTIFF at ``dst_path``.
 
     Args:
@@ -119,13 +119,21 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
         overviews: build internal overviews (nearest) in a plain GeoTIFF.
         forward: a ready forward function (tests, benchmarks) instead of the model's.
         progress, is_cancelled: see :mod:`geoseg.progress`.
+        client: a ``dask.distributed.Client``: the windows are read and run on its
+            workers (one task per row of output blocks) and written here, in plan
+            order: the same bytes as a local run (:mod:`geoseg.distributed`). The model
+            must be a bundle (path or ModelRef) and the input on storage the workers see.
 
     Everything is written to temporary files beside the targets and renamed at the
     end; an error or a cancellation leaves the targets as they were.
     """
     t_start = time.perf_counter()
     creation_options = check_creation_options(creation_options, "COG" if cog else "GTiff")
-    meta, get_forward = resolve_model(model, options, forward)
+    if client is not None:
+        ref = cluster_model(model, options, forward)
+        meta, get_forward = read_metadata(ref.path), None
+    else:
+        meta, get_forward = resolve_model(model, options, forward)
     if confidence_path is not None and not options.confidence:
         options = replace(options, confidence=True)
     if Path(dst_path).suffix.lower() not in (".tif", ".tiff"):
@@ -158,14 +166,18 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
         px = pixel_areas(source.crs, source.transform, source.width, source.height, warn=areas_path is not None)
         reporter.total = len(plan.grid)
         reporter.report()
-        fwd = get_forward()
+        fwd = get_forward() if client is None else None
         with ClassRasterWriter(resolved["output"], width=source.width, height=source.height, crs=source.crs,
                                transform=source.transform, block=plan.grid.block, classes=meta.classes,
                                pixel_areas=px, confidence_target=resolved.get("confidence output"),
                                tags=output_tags(meta, plan, options), cog=cog, background=meta.background,
                                creation_options=creation_options, overviews=overviews,
                                overwrite=overwrite) as sink:
-            stats = run_plan(plan, fwd, sink.write, reporter, options.prefetch)
+            if client is None:
+                stats = run_plan(plan, fwd, sink.write, reporter, options.prefetch)
+            else:
+                from .distributed import run_plan_distributed  # noqa: PLC0415  (Dask only when asked)
+                stats = run_plan_distributed(client, plan, ref, sink.write, reporter)
             sink.finish()
             table = sink.table()
             masked = getattr(source, "mask_scl", ())
@@ -194,6 +206,27 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
         input_pixels=stats.input_pixels, batches=stats.batches)
 
 
+def cluster_model(model: Any, options: PredictOptions, forward: Forward | None = None):
+    """The :class:`geoseg.model.ModelRef` a cluster's workers load: a bundle path or
+    reference (a model held in memory or a forward function cannot be shipped)."""
+    from .model import ModelRef  # noqa: PLC0415  (no Keras import: a ref is path and hash)
+    if forward is not None:
+        raise ConfigError("a forward function runs in this process only: give a model bundle to run on a cluster",
+                          option="client")
+    if isinstance(model, ModelRef):
+        if model.tta != options.tta:
+            raise ConfigError(f"the model reference runs test-time augmentation {model.tta!r} but the options "
+                              f"ask for {options.tta!r}", option="tta")
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return ModelRef.of(model, options.tta)
+    path = getattr(model, "path", None)
+    if path and Path(path).is_file():
+        return ModelRef.of(path, options.tta)
+    raise ConfigError("a model held in memory cannot be sent to a cluster: save it as a bundle "
+                      "(geoseg.model.save_model) and give its path", option="client")
+
+
 def output_stem(src: str | os.PathLike) -> str:
     """The name an input's outputs take in a folder: its file name without extension;
     for a Sentinel-2 product's ``MTD_MSIL*.xml``, the product's name."""
@@ -220,7 +253,7 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
                  creation_options: Mapping[str, Any] | None = None, overviews: bool = False,
                  forward: Forward | None = None,
                  progress_for: Callable[[Path], ProgressFn | None] | None = None,
-                 is_cancelled: CancelFn | None = None) -> list[PredictResult]:
+                 is_cancelled: CancelFn | None = None, client: Any = None) -> list[PredictResult]:
     """Segment several rasters into ``out_dir`` as ``NAME_classes.tif`` (plus side
     outputs); the model is loaded and compiled once (per process, by its bundle).
 
@@ -244,7 +277,9 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
         for what, q in [("output", dst)] + [(k, v) for k, v in side.items() if v is not None]:
             check_output_path(q, list(src_paths), overwrite, what)
         jobs.append((p, dst, side))
-    if isinstance(model, (str, os.PathLike)) and forward is None:
+    if client is not None:
+        model = cluster_model(model, options, forward)  # the cluster's workers share it
+    elif isinstance(model, (str, os.PathLike)) and forward is None:
         from .model import ModelRef  # noqa: PLC0415
         model = ModelRef.of(model, options.tta)  # hashed and compiled once for all inputs
     results = []
@@ -254,7 +289,7 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
         try:
             results.append(predict_raster(p, dst, model, options, overwrite=overwrite, cog=cog, forward=forward,
                                           creation_options=creation_options, overviews=overviews,
-                                          progress=cb, is_cancelled=is_cancelled, **side))
+                                          progress=cb, is_cancelled=is_cancelled, client=client, **side))
         except Cancelled:
             raise
         except GeosegError as e:  # this input is bad: report it, segment the others

@@ -80,7 +80,7 @@ def thread_env():
 def _label(spec: str) -> str:
     """A name for messages: a plain path's file name, a GDAL name as given (long ones
     shortened), or what a VRT given as XML text is."""
-    if spec.lstrip().startswith("<"):
+    if spec.lstrip().startswith("<VRTDataset"):
         return "a VRT given as XML text"
     if is_plain_path(spec):
         return Path(spec).name
