@@ -50,7 +50,7 @@ from .unit import Plan, UnitResult, process_task
 
 log = logging.getLogger("geoseg")
 
-__all__ = ["local_cluster", "connect", "cluster_client", "run_plan_distributed", "worker_threads",
+__all__ = ["local_cluster", "connect", "cluster_client", "run_plan_distributed", "worker_threads", "quiet_dask",
            "model_loads"]
 
 
@@ -123,12 +123,12 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None, *,
     if workers is None and scheduler is None:
         yield None
         return
-    with _quiet_dask():
+    with quiet_dask():
         yield from _client(workers, scheduler, dashboard)
 
 
 @contextlib.contextmanager
-def _quiet_dask() -> Iterator[None]:
+def quiet_dask() -> Iterator[None]:
     """Dask's INFO lines (cluster start-up, connections, a closed comm's traceback)
     kept out of geoseg's log unless debugging (``-vv``); warnings (a worker lost and
     restarted) still show."""
@@ -249,9 +249,9 @@ def _absolute_source(plan: Plan) -> Plan:
 
 def _n_workers(client) -> int:
     try:
-        return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+        return len(client.scheduler_info(n_workers=-1).get("workers", {}))
     except TypeError:  # older distributed: no n_workers argument
-        return max(1, len(client.scheduler_info().get("workers", {})))
+        return len(client.scheduler_info().get("workers", {}))
 
 
 def run_plan_distributed(client, plan: Plan, ref, write: Callable[[UnitResult], None], reporter: Reporter, *,
@@ -272,6 +272,9 @@ def run_plan_distributed(client, plan: Plan, ref, write: Callable[[UnitResult], 
     stats = RunStats()
     if not tasks:
         return stats
+    n_workers = _n_workers(client)
+    if n_workers == 0:
+        log.warning("the Dask cluster has no workers yet: the tasks wait until one joins")
     if ship_model is None:
         seen = client.run(_sees_bundle, ref.path, ref.sha256)
         ship_model = not seen or not all(seen.values())
@@ -281,7 +284,7 @@ def run_plan_distributed(client, plan: Plan, ref, write: Callable[[UnitResult], 
     plan_f = client.submit(_identity, plan, key=f"geoseg-plan-{token}", pure=False)
     shipped = client.submit(_identity, Path(ref.path).read_bytes(), key=f"geoseg-model-{token}",
                             pure=False) if ship_model else None
-    window = window or max(2, 2 * _n_workers(client))
+    window = window or max(2, 2 * n_workers)
     futures: dict[int, Any] = {}
     submitted = 0
     try:

@@ -223,3 +223,36 @@ def test_cli_cluster_errors_are_one_line(inputs, tmp_path):
     r = _geoseg("predict", BUNDLED, "scene.tif", "o.tif", "--dashboard", cwd=tmp_path)
     assert r.returncode == 2 and "--dashboard goes with --workers" in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["scene.tif"]
+
+
+@pytest.mark.slow
+def test_scheduler_address_runs_on_an_existing_cluster(inputs, local_runs, tmp_path):
+    """The README's multi-machine recipe on one machine: `dask scheduler`, `dask worker`
+    processes started by hand, then `geoseg predict --scheduler`: the local bytes."""
+    dask_cli = Path(sys.executable).with_name("dask")
+    port = 18700 + os.getpid() % 200
+    procs = [subprocess.Popen([str(dask_cli), "scheduler", "--port", str(port), "--no-dashboard"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([str(dask_cli), "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "1",
+                                       "--nthreads", "1", "--no-dashboard"],
+                                      env={**os.environ, "TF_NUM_INTRAOP_THREADS": "2"},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        shutil.copy(inputs["scene"], tmp_path / "scene.tif")
+        deadline = time.time() + 60
+        while True:  # the scheduler and its worker take a few seconds to come up
+            r = _geoseg("predict", BUNDLED, "scene.tif", "out.tif", "--areas", "--confidence", "--scheduler",
+                        f"tcp://127.0.0.1:{port}", cwd=tmp_path)
+            if r.returncode == 0 or time.time() > deadline:
+                break
+            time.sleep(1)
+        assert r.returncode == 0, r.stderr
+        out = tmp_path / "out.tif"
+        got = [sha(out), sha(out.with_suffix(".qml")), sha(tmp_path / "out_areas.csv"),
+               sha(tmp_path / "out_confidence.tif")]
+        assert got == local_runs[("crop", "scene")]
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)

@@ -165,3 +165,25 @@ def test_lazy_result_computes_on_a_dask_cluster(scene, reference):
         out = gx.predict(rioxarray.open_rasterio(scene, chunks={"x": 300, "y": 300}), BUNDLED)
         got = client.compute(out.data).result()
     assert np.array_equal(got, reference["crop"]["classes"])
+
+
+def _readme_blocks(section: str) -> list[str]:
+    import re
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, re.S)
+
+
+@pytest.mark.slow
+def test_readme_xarray_and_cluster_examples_run_as_written(tmp_path, monkeypatch, capsys):
+    (xr_code,) = _readme_blocks("From Python / xarray")
+    (cluster_code,) = _readme_blocks("On a cluster")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(xr_code, "README.md", "exec"), {"__name__": "__main__"})  # noqa: S102 - the README's own example
+    exec(compile(cluster_code, "README.md", "exec"), {"__name__": "__main__"})  # noqa: S102
+    out = capsys.readouterr().out
+    assert "uint8 (545, 625)" in out and "non-water water" in out and "class_name" in out
+    assert "blocks from 2 workers" in out
+    with rasterio.open(tmp_path / "water_xr.tif") as a, rasterio.open(tmp_path / "water_cluster.tif") as b:
+        assert np.array_equal(a.read(1), b.read(1))  # both cosine: the lazy xarray run equals the cluster's file
+        assert a.colormap(1)[1][:3] == (0, 255, 255)
