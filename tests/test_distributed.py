@@ -256,3 +256,34 @@ def test_scheduler_address_runs_on_an_existing_cluster(inputs, local_runs, tmp_p
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_interrupt_with_workers_leaves_nothing(inputs, tmp_path, sig):
+    """Ctrl-C (or SIGTERM) during `predict --workers 2`: exit 130, no output, no
+    temporary file, and the worker processes gone with the cluster."""
+    import psutil
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen([str(GEOSEG), "--progress", "jsonl", "predict", str(BUNDLED), str(inputs["big"]),
+                          str(out / "c.tif"), "--areas", "--workers", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stdout:  # the first written block row: the cluster is up and working
+            ev = json.loads(line)
+            if ev["event"] == "progress" and ev["done"] > 0:
+                break
+        children = psutil.Process(p.pid).children(recursive=True)
+        assert len(children) >= 2
+        p.send_signal(sig)
+        rest, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert json.loads(rest.strip().splitlines()[-1])["event"] == "cancelled"
+    assert "Traceback" not in err
+    assert sorted(os.listdir(out)) == []
+    gone, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive

@@ -187,3 +187,18 @@ def test_readme_xarray_and_cluster_examples_run_as_written(tmp_path, monkeypatch
     with rasterio.open(tmp_path / "water_xr.tif") as a, rasterio.open(tmp_path / "water_cluster.tif") as b:
         assert np.array_equal(a.read(1), b.read(1))  # both cosine: the lazy xarray run equals the cluster's file
         assert a.colormap(1)[1][:3] == (0, 255, 255)
+
+
+@pytest.mark.slow
+def test_odc_geo_dataarray(scene, reference):
+    """An odc-geo DataArray (GeoBox, band dim first via ``axis``) keeps its grid."""
+    from odc.geo.geobox import GeoBox
+    from odc.geo.xr import wrap_xr
+    with rasterio.open(scene) as s:
+        data, crs, transform = s.read(), s.crs, s.transform
+    gb = GeoBox(data.shape[1:], transform, str(crs))
+    da = wrap_xr(data, gb, axis=1, dims=("band", "y", "x"), nodata=None)
+    out = gx.predict(da, BUNDLED)
+    assert np.array_equal(out.values, reference["crop"]["classes"])
+    assert out.rio.crs == crs and out.rio.transform() == transform
+    assert out.odc.geobox == gb
