@@ -295,8 +295,10 @@ def read_metadata(path: str | os.PathLike) -> ModelMeta:
     return meta
 
 
-def write_bundle(path: str | os.PathLike, meta: ModelMeta, keras_bytes: bytes) -> None:
-    """Write a bundle atomically (temporary file beside the target, then rename)."""
+def write_bundle(path: str | os.PathLike, meta: ModelMeta, keras_bytes: bytes, *, overwrite: bool = True) -> None:
+    """Write a bundle atomically (temporary file beside the target, then rename).
+    Without ``overwrite`` an existing file at ``path`` is never replaced: the bundle is
+    created exclusively (:func:`geoseg.files.write_atomic`)."""
     _parse_meta(json.loads(meta.to_json()), "metadata to write")  # never write what we cannot read
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -306,7 +308,7 @@ def write_bundle(path: str | os.PathLike, meta: ModelMeta, keras_bytes: bytes) -
         info = zipfile.ZipInfo(MODEL_NAME, date_time=(1980, 1, 1, 0, 0, 0))
         info.compress_type = zipfile.ZIP_STORED
         zf.writestr(info, keras_bytes)
-    write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue(), overwrite=overwrite)
 
 
 def format_metadata(meta: ModelMeta, path: str = "") -> str:

@@ -19,8 +19,9 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Optional, Sequence, Tuple
 
-__all__ = ["AtomicOutput", "write_atomic", "place", "temp_tag", "sweep_stale", "STALE_AFTER_S"]
+__all__ = ["AtomicOutput", "write_atomic", "place", "place_all", "temp_tag", "sweep_stale", "STALE_AFTER_S"]
 
 #: A temporary file or folder untouched this long is stale whoever made it.
 STALE_AFTER_S = 24 * 3600
@@ -124,22 +125,27 @@ class AtomicOutput:
     def _sidecar(base: Path, ext: str) -> Path:
         return base.with_name(base.name + ext) if ext == ".aux.xml" else base.with_suffix(ext)
 
-    def commit(self, keep_extra: bool = False) -> Path:
-        """Put the file (and its side-cars) in place. Without ``overwrite`` the target
-        is created exclusively: if another run put a file there meanwhile, this one
-        raises :class:`~geoseg.errors.OutputExistsError` and the other's file stays.
-        ``keep_extra``: leave the :meth:`scratch` files for the caller to place."""
-        if not self.overwrite:
-            place(self.tmp, self.target, overwrite=False)  # first: the main file decides who wins
+    def moves(self) -> list[Move]:
+        """What :meth:`commit` places, for :func:`place_all`: the file (exclusively
+        without ``overwrite``: it decides which run wins), its ``.qml`` (likewise) and
+        its ``.aux.xml`` (always this file's: replaced, or a stale one removed)."""
+        moves = [(self.tmp, self.target, not self.overwrite)]
         for ext in self.SIDECARS:
             s = self._sidecar(self.tmp, ext)
             t = self._sidecar(self.target, ext)
             if s.exists():
-                os.replace(s, t)
-            elif t.exists() and ext == ".aux.xml":
-                t.unlink()  # a stale side-car of an overwritten output would describe old data
-        if self.overwrite:
-            os.replace(self.tmp, self.target)
+                moves.append((s, t, not self.overwrite and ext != ".aux.xml"))
+            elif ext == ".aux.xml" and os.path.lexists(t):
+                moves.append((None, t, False))  # it would describe old data
+        return moves
+
+    def commit(self, keep_extra: bool = False) -> Path:
+        """Put the file and its side-cars in place, all or nothing (:func:`place_all`).
+        Without ``overwrite`` the target is created exclusively: if another run put a
+        file there meanwhile, this one raises :class:`~geoseg.errors.OutputExistsError`
+        and the other's file stays. ``keep_extra``: leave the :meth:`scratch` files for
+        the caller to place."""
+        place_all(self.moves())
         if not keep_extra:
             self.cleanup_scratch()
         return self.target
@@ -156,26 +162,118 @@ class AtomicOutput:
                 q.unlink(missing_ok=True)
 
 
+#: One output to place: (temporary file, target, exclusive). A temporary file of None
+#: removes the target (a stale side-car); exclusive never replaces an existing file.
+Move = Tuple[Optional[Path], Path, bool]
+
+
+def _exists_error(target: Path) -> Exception:
+    from .errors import OutputExistsError  # noqa: PLC0415
+    return OutputExistsError(f"output exists: {target} (another run wrote it meanwhile)", option="overwrite")
+
+
+def _ident(p: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def place(tmp: Path, target: Path, overwrite: bool) -> None:
     """Rename ``tmp`` onto ``target``; without ``overwrite`` never onto an existing
     file (a hard link is created exclusively, then the temporary name removed)."""
-    if overwrite:
-        os.replace(tmp, target)
-        return
+    place_all([(tmp, target, not overwrite)])
+
+
+def place_all(moves: Sequence[Move]) -> list[Path]:
+    """Place every output of one run, all or nothing: if one cannot be placed (an
+    exclusive target another run created meanwhile, an OS error, a signal), those
+    already placed are taken back — a replaced file restored, a created one removed
+    (only while it is still the file this run put there) — and the error raised.
+
+    An exclusive target is claimed with a hard link (fails if the name exists), else,
+    on file systems without hard links, checked and renamed. A replaced file is kept
+    under a hidden name (a hard link, else a rename) until all are placed. Signals
+    wait until the end (:func:`geoseg.progress.shielded`)."""
+    from .progress import note_written, shielded  # noqa: PLC0415
+    done: list[tuple[Path, Path | None, tuple | None]] = []   # target, backup, identity of what we put
+    linked: list[Path] = []   # temporary names still to remove (hard-linked to their target)
+    with shielded():
+        try:
+            for tmp, target, exclusive in moves:
+                target = Path(target)
+                if exclusive:
+                    if tmp is None:
+                        raise ValueError("an exclusive move needs a file")
+                    done.append((target, None, None))
+                    if _claim(Path(tmp), target):
+                        linked.append(Path(tmp))
+                    done[-1] = (target, None, _ident(target))
+                    continue
+                backup = None
+                if os.path.lexists(target) and not (target.is_dir() and not target.is_symlink()):
+                    backup = _backup(target)   # (a folder is never replaced: the rename fails)
+                done.append((target, backup, None))
+                if tmp is None:
+                    if backup is None or os.path.lexists(target):
+                        target.unlink(missing_ok=True)
+                else:
+                    os.replace(tmp, target)
+                    done[-1] = (target, backup, _ident(target))
+        except BaseException:
+            _take_back(done)
+            raise
+        for p in linked + [backup for _, backup, _ in done if backup is not None]:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:   # all is placed; a hidden leftover is swept by a later run
+                pass
+    placed = [t for (tmp, t, _), _ in zip(moves, done) if tmp is not None]
+    note_written(placed)
+    return placed
+
+
+def _claim(tmp: Path, target: Path) -> bool:
+    """Put ``tmp`` at ``target`` unless a file is there; True when linked (``tmp``
+    still to remove), False when renamed."""
     try:
-        os.link(tmp, target)
+        os.link(tmp, target, follow_symlinks=False)
+        return True
     except FileExistsError:
-        from .errors import OutputExistsError  # noqa: PLC0415
-        raise OutputExistsError(f"output exists: {target} (another run wrote it meanwhile)",
-                                option="overwrite") from None
+        raise _exists_error(target) from None
     except OSError:  # a file system without hard links: check, then rename
         if os.path.lexists(target):
-            from .errors import OutputExistsError  # noqa: PLC0415
-            raise OutputExistsError(f"output exists: {target} (another run wrote it meanwhile)",
-                                    option="overwrite") from None
+            raise _exists_error(target) from None
         os.replace(tmp, target)
-        return
-    os.unlink(tmp)
+        return False
+
+
+def _backup(target: Path) -> Path:
+    """Keep the file at ``target`` under a hidden name beside it (until the run's outputs
+    are all placed): a hard link, else (no hard links) the file moved there."""
+    bak = target.with_name(f".{target.name}.geoseg-tmp-{temp_tag()}.bak")
+    try:
+        os.link(target, bak, follow_symlinks=False)
+    except OSError:
+        os.replace(target, bak)
+    return bak
+
+
+def _take_back(done: list[tuple[Path, Path | None, tuple | None]]) -> None:
+    """Undo :func:`place_all`'s moves so far, last first; a file at a target that is not
+    the one this run put there is left alone."""
+    for target, backup, ours in reversed(done):
+        try:
+            if ours is not None and _ident(target) == ours:
+                target.unlink()
+            if backup is not None:
+                if _ident(target) is None:
+                    os.replace(backup, target)
+                else:  # the original is still there (the same file), or another run's: keep it
+                    backup.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes, overwrite: bool = True) -> Path:

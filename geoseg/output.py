@@ -30,7 +30,7 @@ import rasterio
 from .areas import AreaAccumulator, AreaTable, PixelAreas, make_table
 from .bundle import ClassInfo
 from .errors import ConfigError, GeosegError, OutputExistsError, RasterError, one_line
-from .files import AtomicOutput, place
+from .files import AtomicOutput, place_all
 from .sources import CLASS_NODATA, CLASSES_TAG, thread_env
 
 __all__ = ["PROFILES", "check_output_path", "class_profile", "check_creation_options", "with_options",
@@ -46,6 +46,41 @@ PROFILES: dict[str, dict[str, Any]] = {
             "NUM_THREADS": "ALL_CPUS"},
     "chip": {"driver": "GTiff", "compress": "deflate"},
 }
+
+
+def quiet_libtiff() -> int:
+    """Turn off libtiff's own error printer in the libtiff GDAL writes through.
+
+    GDAL's GeoTIFF driver reports libtiff errors through GDAL (and rasterio raises
+    them), except those of its file I/O callbacks (``_tiffWriteProc``,
+    ``_tiffSeekProc``), which call libtiff's process-wide error handler — by default
+    a ``fprintf(stderr, ...)``, so a full disk printed raw lines before geoseg's one
+    line. The failed write still fails through GDAL, so nothing is lost. Returns the
+    number of libtiff libraries handled (0 where none is found: nothing changes)."""
+    import ctypes  # noqa: PLC0415
+    import glob  # noqa: PLC0415
+    found: list[str] = []
+    try:
+        with open("/proc/self/maps") as f:   # Linux: the libtiff(s) loaded in this process
+            found = sorted({ln.split()[-1] for ln in f if "/libtiff" in ln and ".so" in ln})
+    except OSError:   # macOS, Windows: the one bundled with rasterio's wheel
+        base = Path(rasterio.__file__).parent
+        for pattern in (".dylibs/libtiff*.dylib", "../rasterio.libs/*tiff*.dll", "*tiff*.dll"):
+            found += glob.glob(str(base / pattern))
+    done = 0
+    for path in found:
+        try:
+            lib = ctypes.CDLL(path)
+            lib.TIFFSetErrorHandler.argtypes = [ctypes.c_void_p]
+            lib.TIFFSetErrorHandler.restype = ctypes.c_void_p
+            lib.TIFFSetErrorHandler(None)
+            done += 1
+        except (OSError, AttributeError):
+            continue
+    return done
+
+
+quiet_libtiff()
 
 
 def profile(name: str) -> dict[str, Any]:
@@ -444,21 +479,21 @@ class ClassRasterWriter:
         return p
 
     def commit(self) -> Path:
-        """Move every finished output into place (side outputs, confidence, class raster)."""
+        """Move every finished output into place, all or nothing
+        (:func:`geoseg.files.place_all`): the class raster first (without ``overwrite``
+        it decides which run wins), then its side-cars, the confidence raster and the
+        side outputs. If one cannot be placed, what this run placed is taken back."""
         if not self._finished:
             raise RuntimeError("commit before finish")
-        if not self.overwrite:  # exclusive: the class raster first decides which run wins
-            out = self.main.commit(keep_extra=True)
-        for tmp, target in self._extra:
-            place(tmp, target, self.overwrite)
-            self.main.extra.remove(tmp)
+        moves = self.main.moves()
         if self.conf is not None:
-            self.conf.commit()
+            moves += self.conf.moves()
+        moves += [(tmp, target, not self.overwrite) for tmp, target in self._extra]
+        place_all(moves)
         self._committed = True
-        if self.overwrite:
-            return self.main.commit()
-        self.main.cleanup_scratch()  # e.g. the COG conversion's
-        return out
+        for o in self.outputs:
+            o.cleanup_scratch()  # e.g. the COG conversion's
+        return self.main.target
 
     def _close(self) -> None:
         for d in (self._dst, self._cdst):

@@ -107,6 +107,9 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress: ProgressF
     out_dir = Path(t.model_dir)
     bundle = Path(t.output) if t.output else out_dir / "model.geoseg"
     start = _run_start(cfg, out_dir, bundle, overwrite)
+    # the bundle is replaced only when asked or when this run goes on from it (extend,
+    # resume); else it is created exclusively: one made meanwhile is never replaced
+    replace_bundle = overwrite or (start != "fresh" and bundle.exists())
     n_bands, dtype = _check_chips(train_pairs[0], rule, ignore, m)
     jobs = _inference_jobs(cfg)
     init = load_init_weights(m.init_weights)
@@ -149,12 +152,14 @@ def train(cfg, *, overwrite: bool = False, verbose: int = 1, progress: ProgressF
         reporter.check()
         meta = _final_meta(cfg, meta, scores, seconds, len(train_pairs), len(val_pairs),
                            len(read_history(out_dir / "history.csv").get("loss", [])))
-        save_model(bundle, net, meta)
+        save_model(bundle, net, meta, overwrite=replace_bundle)
     except BaseException:
         if not (out_dir / "backup").exists():  # nothing to resume: leave nothing behind
             for n in _RUN_FILES - existed:
                 (out_dir / n).unlink(missing_ok=True)
             for d in made:
+                if bundle.exists() and d in bundle.parents:  # not ours (ours is written last): another run's
+                    continue
                 shutil.rmtree(d, ignore_errors=True)
         raise
     reporter.done = reporter.total  # early stopping may end the run before its last batch

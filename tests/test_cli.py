@@ -741,7 +741,14 @@ def test_full_disk_is_one_line_and_leaves_nothing(tiny_bundle, make_geotiff, tin
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f"Error: no space left on device writing {tiny_disk / 'o'}") and last.endswith(".tif")
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and "_tiff" not in r.stderr   # no raw libtiff lines
+    assert list(tiny_disk.iterdir()) == []
+    # -q (errors only): exactly geoseg's one line, nothing from libtiff or GDAL before it
+    r = subprocess.run(GEOSEG + ["-q", "predict", str(tiny_bundle), str(src), str(tiny_disk / "o.tif"), "--areas",
+                                 "--confidence", "--tile-size", "64", "--overlap", "8"],
+                       capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("Error: no space left on device writing ")
     assert list(tiny_disk.iterdir()) == []
 
 
