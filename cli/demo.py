@@ -3,7 +3,7 @@
 import click
 
 from .options import overwrite_opt
-from .progress import progress_bar
+from .progress import emit_result, progress_bar, table_records
 
 
 @click.command(short_help="Segment the bundled Sentinel-2 sample.")
@@ -30,3 +30,5 @@ def demo(ctx, out_dir, overwrite):
         for p in (r.output, r.areas_csv, r.preview):
             click.echo(f"wrote {p}", err=True)
         click.echo(format_table(r.areas), err=True)
+    emit_result("demo", {"classes": r.output, "qml": r.output.with_suffix(".qml"), "areas_csv": r.areas_csv,
+                         "preview": r.preview}, model=str(MODEL), scene=str(SCENE), areas=table_records(r.areas))

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
 
 import click
 
 from geoseg import __version__
-from geoseg.errors import Cancelled, GeosegError
+from geoseg.errors import Cancelled, GeosegError, one_line
+from geoseg.progress import reset_run, signal_cancel, written
 
 from .areas import areas
 from .demo import demo
 from .evaluate import evaluate
 from .info import info
 from .predict import predict
-from .progress import MODES, PROTOCOL, claim_stdout, emit, emit_result, machine
+from .progress import (MODES, PROTOCOL, claim_stdout, emit, emit_result, finish, force_machine, machine,
+                       reset)
 from .tile import tile
 from .train import train
 from .vectorize import vectorize
@@ -59,24 +63,69 @@ def error_message(e: GeosegError, command: click.Command | None = None) -> str:
     return msg
 
 
+#: Where an unexpected error (a bug) is reported.
+ISSUES = "https://github.com/geoseg/geoseg/issues"
+
+
 class _Group(click.Group):
-    """Turns geoseg errors into one line and a non-zero exit code."""
+    """Turns geoseg errors into one line and a non-zero exit code; in ``--progress
+    jsonl`` mode every run, whatever ends it, sends exactly one final event."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or not jsonl_requested(argv):
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        force_machine(True)
+        reset()
+        claim_stdout()
+        code = 1
+        try:
+            with _TeeStdout() as printed:   # --help, --version: their text goes in the result
+                try:
+                    rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+                    code = rv if isinstance(rv, int) else 0
+                except click.ClickException as e:   # also those the group sent an event for
+                    e.show()
+                    finish("error", message=e.format_message(), exit_code=e.exit_code)
+                    code = e.exit_code
+                except click.Abort:   # Ctrl-C while click parsed
+                    click.echo("geoseg: interrupted", err=True)
+                    finish("cancelled", message="geoseg: interrupted", written=[])
+                    code = 130
+            if code == 0:
+                finish()
+                emit_result(None, {}, text=printed.getvalue())   # no result of its own: what it printed
+                finish()
+            else:
+                finish("error", message=f"geoseg stopped with exit code {code}", exit_code=code)
+        finally:
+            force_machine(False)
+        sys.exit(code)
 
     def invoke(self, ctx):
         try:
-            return self._invoke(ctx)
-        except click.ClickException as e:  # the one-line message, also as a protocol event
-            emit("error", message=e.format_message(), exit_code=e.exit_code)
+            rv = self._invoke(ctx)
+        except click.ClickException as e:  # the one-line message, also as the final protocol event
+            finish("error", message=e.format_message(), exit_code=e.exit_code)
             raise
+        except click.exceptions.Exit as e:
+            if e.exit_code == 0:
+                finish()
+            raise
+        finish()   # the command's result, now that it has returned
+        return rv
 
     def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (Cancelled, KeyboardInterrupt) as e:
+            done = written()
             # a command that keeps something (train: its resume backup) says what, and how to go on
-            msg = getattr(e, "interrupt_message", None) or "geoseg: interrupted; no output was written"
+            msg = getattr(e, "interrupt_message", None) or (
+                f"geoseg: interrupted; written before it: {', '.join(map(str, done))}" if done else
+                "geoseg: interrupted; no output was written")
             click.echo(msg, err=True)
-            emit("cancelled", message=msg)
+            finish("cancelled", message=msg, written=[str(p) for p in done])
             ctx.exit(130)
         except GeosegError as e:
             command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
@@ -86,7 +135,74 @@ class _Group(click.Group):
         except OSError as e:
             if e.errno == errno.ENOSPC:  # e.g. a CSV or JSON written on a full disk
                 raise click.ClickException(f"no space left on device writing {e.filename or 'an output'}") from None
+            _traceback(ctx)
+            raise click.ClickException(one_line(e)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except Exception as e:  # noqa: BLE001  (a bug: one line, the traceback only with -v)
+            _traceback(ctx)
+            raise click.ClickException(f"internal error: {type(e).__name__}: {one_line(e)}; please report it at "
+                                       f"{ISSUES} with the command and its output with -v") from None
+
+
+def _traceback(ctx) -> None:
+    """With -v, the traceback of the exception being handled (on stderr)."""
+    obj = ctx.find_root().obj
+    if isinstance(obj, dict) and obj.get("verbose"):
+        traceback.print_exc(file=sys.stderr)
+
+
+def jsonl_requested(argv) -> bool:
+    """Whether the command line asks for ``--progress jsonl`` (the group's options come
+    before the command name)."""
+    want, i = False, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--progress" and i + 1 < len(argv):
+            want, i = argv[i + 1] == "jsonl", i + 2
+            continue
+        if a.startswith("--progress="):
+            want = a.split("=", 1)[1] == "jsonl"
+        elif a == "--" or not a.startswith("-"):
+            break
+        i += 1
+    return want
+
+
+class _TeeStdout(io.TextIOBase):
+    """``sys.stdout`` while a jsonl run is parsed and runs: what is printed goes on
+    (to standard error: :func:`claim_stdout`) and the first MB is kept."""
+
+    LIMIT = 1 << 20
+
+    def __enter__(self):
+        self._out, self._kept, self._n = sys.stdout, io.StringIO(), 0
+        sys.stdout = self
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout = self._out
+
+    @property
+    def encoding(self):
+        return getattr(self._out, "encoding", None) or "utf-8"
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError("text only")
+        if self._n < self.LIMIT:
+            self._kept.write(text[: self.LIMIT - self._n])
+            self._n += len(text)
+        return self._out.write(text)
+
+    def flush(self):
+        self._out.flush()
+
+    def getvalue(self) -> str:
+        return self._kept.getvalue()
 
 
 _quiet = {"on": False}
@@ -136,6 +252,9 @@ def cli(ctx, verbose, quiet, progress):
     verbose += max(rio_verbosity, 0)
     quiet = quiet or rio_verbosity < 0
     ctx.obj = {**outer, "verbose": verbose, "quiet": quiet, "progress": progress}
+    reset_run()   # a new command: no interrupt asked for, nothing written yet
+    if ctx.parent is not None:   # under rio: one command per group invocation
+        reset()
     _setup(verbose, quiet, plugin=ctx.parent is not None)
 
 
@@ -185,18 +304,26 @@ for _command in (predict, areas, info, demo, evaluate, tile, train, version, vec
 
 
 def _sigterm(signum, frame):
-    raise KeyboardInterrupt
+    """SIGTERM: the run stops at its next cancel check (:func:`geoseg.progress.signal_cancel`),
+    cleaning up as Ctrl-C does; where nothing checks (start-up) it is interrupted here."""
+    if signal_cancel(signum):
+        raise KeyboardInterrupt
 
 
 def main() -> None:
     """The ``geoseg`` console script: SIGTERM cleans up as Ctrl-C does (exit code 130)."""
     signal.signal(signal.SIGTERM, _sigterm)
     try:
+        sys.stderr.reconfigure(errors="backslashreplace")   # an error message always prints
+    except (AttributeError, ValueError):
+        pass
+    try:
         cli.main(prog_name="geoseg", standalone_mode=True)
     except KeyboardInterrupt:  # outside a command (e.g. while importing)
         click.echo("geoseg: interrupted", err=True)
-        if "jsonl" in sys.argv[1:3] or "--progress=jsonl" in sys.argv[1:2]:
-            print(json.dumps({"v": PROTOCOL, "event": "cancelled", "message": "geoseg: interrupted"}), flush=True)
+        if jsonl_requested(sys.argv[1:]):
+            print(json.dumps({"v": PROTOCOL, "event": "cancelled", "message": "geoseg: interrupted", "written": []}),
+                  flush=True)
         sys.exit(130)
 
 

@@ -6,9 +6,19 @@ each with ``"v"`` and ``"event"``:
 
 - ``{"event": "progress", "done": n, "total": m, "label": ...}`` as units finish;
 - ``{"event": "log", "level": "warning", "message": ...}`` for warnings and log records;
-- ``{"event": "result", "command": ..., "outputs": {...}, ...}`` once, at the end;
-- ``{"event": "error", "message": ...}`` (exit code 1, or 2 for a usage error) or
-  ``{"event": "cancelled"}`` (exit code 130, SIGTERM or SIGINT; no output left).
+- exactly one final event, the last line:
+
+  - ``{"event": "result", "command": ..., "outputs": {...}, ...}`` (exit code 0), sent
+    once the command has returned, so its outputs are in place; ``--help`` and
+    ``--version`` (and anything else that ends without a result of its own) send a
+    result with ``"text"``, what would have been printed;
+  - ``{"event": "error", "message": ..., "exit_code": ...}`` (exit code 1, or 2 for a
+    usage error; an unexpected failure says "please report"). When the command had
+    results before it failed (``predict`` with several inputs, some failed) the error
+    event carries them too (``results``, ``failed``);
+  - ``{"event": "cancelled", "message": ..., "written": [...]}`` (exit code 130,
+    SIGTERM or SIGINT): nothing half-written; ``written`` lists outputs finished
+    before the interrupt (earlier inputs of several), usually none.
 
 Human-readable logs still go to standard error; nothing else is written to standard
 output in this mode.
@@ -28,8 +38,26 @@ import click
 
 PROTOCOL = 1
 MODES = ("bar", "jsonl", "none")
+FINAL = ("result", "error", "cancelled")
 _lock = threading.Lock()
 _protocol_out = {"stream": None}
+#: forced: jsonl asked for on the command line (before a context exists: --help, usage
+#: errors); pending: the command's result, sent when it returns; final: one was sent
+_run = {"forced": False, "pending": None, "final": False}
+
+
+def force_machine(on: bool) -> None:
+    """``--progress jsonl`` seen on the command line, before click has parsed it."""
+    _run["forced"] = on
+
+
+def reset() -> None:
+    """A new command: no result held, no final event sent yet."""
+    _run["pending"], _run["final"] = None, False
+
+
+def final_sent() -> bool:
+    return _run["final"]
 
 
 def claim_stdout() -> None:
@@ -57,13 +85,18 @@ def mode() -> str:
 
 def machine() -> bool:
     """True in ``--progress jsonl`` mode: standard output carries protocol lines only."""
-    return mode() == "jsonl"
+    return _run["forced"] or mode() == "jsonl"
 
 
 def emit(event: str, **fields) -> None:
-    """Write one protocol line (a no-op unless in ``jsonl`` mode)."""
+    """Write one protocol line (a no-op unless in ``jsonl`` mode). Of the final events
+    (:data:`FINAL`) only the first is sent: a run ends once."""
     if not machine():
         return
+    if event in FINAL:
+        if _run["final"]:
+            return
+        _run["final"] = True
     line = json.dumps({"v": PROTOCOL, "event": event, **fields}, default=str, allow_nan=False)
     out = _protocol_out["stream"] or sys.stdout
     with _lock:
@@ -89,9 +122,23 @@ def table_records(table) -> list[dict]:
 
 
 def emit_result(command: str, outputs: dict, **fields) -> None:
-    """The final ``result`` event: ``outputs`` maps a role to a path (None: not written)."""
-    emit("result", command=command,
-         outputs={k: (None if v is None else str(v)) for k, v in outputs.items()}, **fields)
+    """The command's ``result``: ``outputs`` maps a role to a path (None: not written).
+    Held until the command returns (:func:`finish`): if it fails after this (several
+    inputs, some failed), the ``error`` event carries these fields instead."""
+    if machine():
+        _run["pending"] = dict(command=command,
+                               outputs={k: (None if v is None else str(v)) for k, v in outputs.items()}, **fields)
+
+
+def finish(event: str | None = None, **fields) -> None:
+    """Send the run's final event: the held result (``event`` None), or an ``error`` or
+    ``cancelled`` event with ``fields`` and the held result's fields."""
+    pending, _run["pending"] = _run["pending"], None
+    if event is None:
+        if pending is not None:
+            emit("result", **pending)
+        return
+    emit(event, **{**(pending or {}), **fields})
 
 
 @contextlib.contextmanager

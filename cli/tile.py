@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import FRACTIONS, NODATA, overwrite_opt, rgb_map_opt
-from .progress import progress_bar
+from .progress import emit_result, progress_bar
 
 
 @click.command(short_help="Cut training chips from rasters or image/mask folders.")
@@ -80,3 +80,5 @@ def tile(ctx, out_dir, images, labels, image_dirs, mask_dirs, rgb_map, chip, str
             click.echo("unmapped colours (-> ignore): " + ", ".join(f"{k} {v:,} px" for k, v in top), err=True)
         click.echo(f"skipped {rep.skipped_chips} chips without labels; wrote {out_dir}/manifest.csv, stats.json",
                    err=True)
+    emit_result("tile", {"out_dir": out_dir, "manifest": f"{out_dir}/manifest.csv", "stats": f"{out_dir}/stats.json"},
+                **rep.as_dict())

@@ -3,6 +3,7 @@
 import click
 
 from .options import overwrite_opt
+from .progress import emit_result
 
 
 @click.command(short_help="Train a UNet from a config (TOML or the seed's INI).")
@@ -24,6 +25,7 @@ def train(ctx, config, epochs, overwrite):
       geoseg train water.toml
     """
     from dataclasses import replace
+    from pathlib import Path
 
     from geoseg.config import load_config
     from geoseg.train import train as run_train
@@ -44,6 +46,11 @@ def train(ctx, config, epochs, overwrite):
         click.echo(f"wrote {res.bundle} after {res.seconds:.0f} s", err=True)
         from geoseg.evaluate import format_scores
         click.echo("validation:\n" + format_scores(s), err=True)
+    d = Path(cfg.train.model_dir)
+    emit_result("train", {"bundle": res.bundle, **{n: d / n for n in ("best.keras", "history.csv", "training_curves.png",
+                                                                       "config.toml") if (d / n).exists()}},
+                seconds=round(res.seconds, 3), epochs=len(res.history.get("loss", [])),
+                history=res.history, validation=res.val_scores.as_dict())
 
 
 def _interrupt_message(cfg, config: str, epochs, overwrite: bool) -> str | None:
