@@ -8,10 +8,13 @@ process protocol.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
-from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException,
+from qgis.core import (QgsDataSourceUri, QgsProcessing, QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException,
                        QgsProcessingLayerPostProcessorInterface, QgsProcessingParameterDefinition,
                        QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterFile, QgsProcessingParameterFileDestination,
@@ -71,6 +74,89 @@ def _load_table(context, path: str, name: str, output_name: str) -> None:
         details = QgsProcessingContext.LayerDetails(name, context.project(), output_name,
                                                     QgsProcessingUtils.LayerHint.Vector)
         context.addLayerToLoadOnCompletion(path, details)
+
+
+def with_extension(context, dest: str, default: str, accepted: tuple[str, ...]) -> str:
+    """A file destination with its format's extension, as QGIS's own file destinations
+    behave: a name not ending in one of ``accepted`` gets ``default`` appended (and the
+    layer Processing loads at the end follows it)."""
+    if not dest or dest.lower().endswith(accepted):
+        return dest
+    new = dest + default
+    _rename_output(context, dest, new)
+    return new
+
+
+def _rename_output(context, old: str, new: str) -> None:
+    """Processing loads an output layer by the name it handed out: move that to ``new``."""
+    layers = context.layersToLoadOnCompletion()
+    if old in layers and old != new:
+        layers[new] = layers.pop(old)
+        context.setLayersToLoadOnCompletion(layers)
+
+
+def gpkg_destination(dest: str) -> tuple[str, str | None]:
+    """The GeoPackage file and layer name of a vector destination: a path, or the form
+    Processing's "Save to GeoPackage…" gives, ``ogr:dbname='x.gpkg' table="name" (geom)``
+    (layer None: the file's stem)."""
+    if dest.startswith("ogr:"):
+        uri = QgsDataSourceUri(dest[len("ogr:"):])
+        if not uri.database():
+            raise QgsProcessingException(f"not a GeoPackage destination: {dest}")
+        return uri.database(), uri.table() or None
+    return dest, None
+
+
+def _same_file(src: str, path: str) -> bool:
+    """Whether the raster ``src`` (a path or GDAL's ``GPKG:file:table``) is in the file ``path``."""
+    f = src[len("GPKG:"):].rsplit(":", 1)[0] if src.upper().startswith("GPKG:") else src
+    try:
+        return os.path.samefile(f, path)
+    except OSError:
+        return False
+
+
+def _place_copy(src: str, target: str) -> None:
+    """Copy ``src`` onto ``target`` atomically (a hidden copy beside it, then a rename)."""
+    t = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".part", dir=t.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, t)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _insert_layer(src: str, target: str, layer: str) -> None:
+    """Put layer ``layer`` of the GeoPackage ``src`` (with its style) into the existing
+    GeoPackage ``target``, replacing a layer of that name and keeping the others, as
+    Processing does for "Save to GeoPackage…"; the file changes atomically."""
+    from osgeo import gdal
+    from qgis.core import QgsVectorLayer
+    t = Path(target)
+    fd, work = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".gpkg", dir=t.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(target, work)
+        gdal.UseExceptions()
+        done = gdal.VectorTranslate(work, src, format="GPKG", accessMode="overwrite", layerName=layer,
+                                    layers=[layer])
+        if done is None:
+            raise QgsProcessingException(f"could not add layer {layer!r} to {target}: {gdal.GetLastErrorMsg()}")
+        done = None  # closes the file
+        styled = QgsVectorLayer(f"{src}|layername={layer}", layer, "ogr")
+        styled.loadDefaultStyle()
+        dst = QgsVectorLayer(f"{work}|layername={layer}", layer, "ogr")
+        if styled.isValid() and dst.isValid() and styled.renderer() is not None:
+            dst.setRenderer(styled.renderer().clone())
+            dst.saveStyleToDatabase(layer, "geoseg classes", True, "")
+        del styled, dst
+        os.replace(work, t)
+    except BaseException:
+        Path(work).unlink(missing_ok=True)
+        raise
 
 
 def raster_path(layer, what: str = "input") -> str:
@@ -207,9 +293,10 @@ class SegmentRaster(_Base):
         model = self.parameterAsFile(parameters, self.MODEL, context)
         if not model:
             raise QgsProcessingException("choose a model (.geoseg bundle)")
-        out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        conf = self.parameterAsOutputLayer(parameters, self.CONFIDENCE, context) \
-            if parameters.get(self.CONFIDENCE) else ""
+        tif = (".tif", ".tiff")
+        out = with_extension(context, self.parameterAsOutputLayer(parameters, self.OUTPUT, context), ".tif", tif)
+        conf = with_extension(context, self.parameterAsOutputLayer(parameters, self.CONFIDENCE, context), ".tif",
+                              tif) if parameters.get(self.CONFIDENCE) else ""
         areas = self.parameterAsFileOutput(parameters, self.AREAS, context) if parameters.get(self.AREAS) else ""
         args = ["predict", model, src, out, "--overwrite",
                 "--batch-size", str(self.parameterAsInt(parameters, self.BATCH_SIZE, context)),
@@ -336,19 +423,51 @@ class VectorizeClasses(_Base):
         classes = _numbers(classes_text, "classes to keep") or None
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
         simplify = self.parameterAsDouble(parameters, self.SIMPLIFY, context)
-        out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        if not out.lower().endswith(".gpkg"):
-            raise QgsProcessingException(f"geoseg writes polygons to a GeoPackage: choose a .gpkg file, not {out}")
-        if core_importable():
-            from geoseg.vectorize import vectorize_classes
-            res = self._in_process(feedback, vectorize_classes, src, out, classes=classes, min_area=min_area,
-                                   simplify=simplify, overwrite=True)
-            feedback.pushInfo(f"{getattr(res, 'features', '')} polygons written to {out}")
+        dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        path, layer = gpkg_destination(dest)
+        if not Path(path).suffix:
+            path += ".gpkg"
+        if not path.lower().endswith(".gpkg"):
+            raise QgsProcessingException(f"geoseg writes polygons to a GeoPackage: choose a .gpkg file, not {path}")
+        name = layer or Path(path).stem
+        out = path if layer is None else f"{path}|layername={layer}"
+        _rename_output(context, dest, out)
+        if layer is not None and Path(path).exists():
+            if _same_file(src, path):
+                raise QgsProcessingException(f"the output {path} is the same file as the input: choose another "
+                                             "GeoPackage")
+            # a layer in an existing GeoPackage (its other layers kept): written apart, then put in
+            with tempfile.TemporaryDirectory() as d:
+                part = str(Path(d) / "part.gpkg")
+                self._vectorize(feedback, src, part, name, classes, min_area, simplify)
+                _insert_layer(part, path, name)
         else:
-            args = ["vectorize", src, out, "--overwrite", "--min-area", repr(min_area), "--simplify", repr(simplify)]
-            if classes:
-                args += ["--classes", ",".join(map(str, classes))]
-            result = run_geoseg(args, feedback)
-            feedback.pushInfo(f"{result.get('features', '')} polygons written to {out}")
+            self._vectorize(feedback, src, path, name, classes, min_area, simplify)
+        feedback.pushInfo(f"{self._features} polygons written to {out}")
         _post_process(context, out)
         return {self.OUTPUT: out}
+
+    def _vectorize(self, feedback, src, path, layer, classes, min_area, simplify) -> None:
+        """Polygons of ``src`` into the GeoPackage ``path`` as layer ``layer`` (replaced)."""
+        if core_importable():
+            from geoseg.vectorize import vectorize_classes
+            res = self._in_process(feedback, vectorize_classes, src, path, classes=classes, min_area=min_area,
+                                   simplify=simplify, layer=layer, overwrite=True)
+            self._features = getattr(res, "features", "")
+            return
+        if layer != Path(path).stem:   # the child names the layer after the file: a file of that name
+            with tempfile.TemporaryDirectory() as d:
+                part = Path(d) / "part"
+                part.mkdir()
+                named = part / f"{layer}.gpkg"
+                if named.parent != part:
+                    raise QgsProcessingException(f"layer name {layer!r} cannot be written by geoseg's own "
+                                                 "environment: choose a name without path separators")
+                self._vectorize(feedback, src, str(named), layer, classes, min_area, simplify)
+                _place_copy(str(named), path)
+            return
+        args = ["vectorize", src, path, "--overwrite", "--min-area", repr(min_area), "--simplify", repr(simplify)]
+        if classes:
+            args += ["--classes", ",".join(map(str, classes))]
+        result = run_geoseg(args, feedback)
+        self._features = result.get("features", "")

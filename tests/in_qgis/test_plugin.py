@@ -491,3 +491,42 @@ def test_layers_in_archives_and_inputs_never_outputs(geoseg_plugin, qgis_process
         with pytest.raises(qgis_core.QgsProcessingException, match="same file as the input"):
             qgis_processing.run("geoseg:classareas", {"INPUT": str(victim), "OUTPUT": str(victim)})
     assert victim.read_bytes() == before
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_vectorize_accepts_processings_geopackage_destination(geoseg_plugin, qgis_processing, geoseg_exe, tmp_path,
+                                                             monkeypatch, in_process):
+    """"Save to GeoPackage…" gives ogr:dbname='x.gpkg' table="name" (geom): the polygons go
+    to that file as layer "name"; into an existing GeoPackage its other layers stay."""
+    import pyogrio
+    from geoseg_qgis import algorithms
+    monkeypatch.setattr(algorithms, "core_importable", lambda: in_process)
+    truth = Path(shutil.copy(TRUTH, tmp_path / "truth.tif"))
+    gpkg = tmp_path / "polys.gpkg"
+    res = qgis_processing.run("geoseg:vectorize", {
+        "INPUT": str(truth), "CLASSES": "1", "OUTPUT": f"ogr:dbname='{gpkg}' table=\"water\" (geom)"})
+    assert res["OUTPUT"] == f"{gpkg}|layername=water"
+    def layers():
+        return sorted(name for name, _ in pyogrio.list_layers(gpkg) if name != "layer_styles")
+    assert layers() == ["water"]
+    n_water = len(pyogrio.raw.read(gpkg, layer="water", read_geometry=False)[3][0])
+    assert n_water > 0
+    qgis_processing.run("geoseg:vectorize", {"INPUT": str(truth),
+                                             "OUTPUT": f"ogr:dbname='{gpkg}' table=\"all classes\" (geom)"})
+    assert layers() == ["all classes", "water"]
+    assert len(pyogrio.raw.read(gpkg, layer="water", read_geometry=False)[3][0]) == n_water
+    layer = qgis_core.QgsVectorLayer(f"{gpkg}|layername=all classes", "v", "ogr")
+    assert layer.isValid() and layer.featureCount() == n_water   # (class 0 is the truth's nodata)
+    layer.loadDefaultStyle()   # the class colours came along
+    assert layer.renderer().type() == "categorizedSymbol"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("truth")) == ["polys.gpkg"]
+
+
+def test_segment_output_without_extension_gets_tif(geoseg_plugin, qgis_processing, geoseg_exe, tmp_path):
+    """As QGIS's own raster destinations: a name without the format's extension gets .tif."""
+    res = qgis_processing.run("geoseg:segment", {"INPUT": str(SCENE), "MODEL": str(MODEL),
+                                                 "OUTPUT": str(tmp_path / "water"),
+                                                 "CONFIDENCE": str(tmp_path / "conf")})
+    assert res["OUTPUT"] == str(tmp_path / "water.tif") and res["CONFIDENCE"] == str(tmp_path / "conf.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "water.aux.xml", "water.qml", "water.tif"] \
+        or sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "water.qml", "water.tif", "water.tif.aux.xml"]
