@@ -19,7 +19,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 __all__ = ["AtomicOutput", "write_atomic", "place", "place_all", "temp_tag", "sweep_stale", "STALE_AFTER_S"]
 
@@ -164,7 +164,7 @@ class AtomicOutput:
 
 #: One output to place: (temporary file, target, exclusive). A temporary file of None
 #: removes the target (a stale side-car); exclusive never replaces an existing file.
-Move = Tuple[Optional[Path], Path, bool]
+Move = tuple[Optional[Path], Path, bool]
 
 
 def _exists_error(target: Path) -> Exception:

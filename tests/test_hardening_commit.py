@@ -4,7 +4,6 @@ the outputs are placed it never claims that nothing was written."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,6 @@ import pytest
 from click.testing import CliRunner
 
 from geoseg import files
-from geoseg.config import load_config
 from geoseg.dataset import TileOptions, tile_rasters
 from geoseg.demo import SCENE, TRUTH
 from geoseg.errors import OutputExistsError

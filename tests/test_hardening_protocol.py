@@ -10,10 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
-import pytest
 
-from geoseg.dataset import TileOptions, tile_rasters
 from geoseg.demo import SCENE, TRUTH
 
 from conftest import water_config
