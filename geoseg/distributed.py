@@ -72,14 +72,10 @@ def worker_threads(workers: int, cores: int | None = None) -> int:
 
 
 def _worker_env(threads: int) -> dict[str, str]:
-    """Environment of worker processes: the model's thread pools sized to the worker's
-    share of the machine (TensorFlow reads TF_NUM_*_THREADS, XLA its flags), and
-    TensorFlow's C++ start-up lines silenced."""
-    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                          f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
-                          f" intra_op_parallelism_threads={threads}").strip()}
+    """Environment of worker processes: TensorFlow's thread pools sized to the worker's
+    share of the machine (it reads TF_NUM_*_THREADS), its C++ start-up lines silenced.
+    (JAX on CPU takes its threads from XLA_FLAGS, left as the user sets it.)"""
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def local_cluster(workers: int, *, threads: int | None = None, dashboard: bool = False,
@@ -233,9 +229,9 @@ def model_loads() -> int:
 
 
 def _sees_bundle(path: str, sha256: str) -> bool:
-    from .model import _sha256  # noqa: PLC0415
+    from .model import file_sha256  # noqa: PLC0415
     p = Path(path)
-    return p.is_file() and _sha256(p) == sha256
+    return p.is_file() and file_sha256(p) == sha256
 
 
 # --------------------------------------------------------------------------- client
@@ -306,7 +302,7 @@ def run_plan_distributed(client, plan: Plan, ref, write: Callable[[UnitResult], 
             stats.batches += out.batches
             stats.windows_run += out.windows
             stats.input_pixels += out.pixels
-            for unit, (classes, conf) in zip(units, out.blocks):
+            for unit, (classes, conf) in zip(units, out.blocks, strict=True):
                 write(UnitResult(unit, classes, conf))
                 reporter.advance()
             del out, fut

@@ -28,7 +28,7 @@ from .bundle import MODEL_NAME, ModelMeta, read_bundle_member, read_metadata, wr
 from .errors import MissingDependencyError, ModelError, one_line
 
 __all__ = ["build_unet", "save_model", "load_model", "LoadedModel", "make_forward", "keras_module", "ModelRef",
-           "load_forward", "forward_of"]
+           "load_forward", "forward_of", "file_sha256"]
 
 _PRELOADED = False
 
@@ -204,10 +204,10 @@ class ModelRef:
         one-line ModelError here, not in a worker later)."""
         p = Path(path)
         read_metadata(p)
-        return cls(str(p.absolute()), _sha256(p), tta)
+        return cls(str(p.absolute()), file_sha256(p), tta)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -239,7 +239,7 @@ def load_forward(ref: ModelRef) -> Callable[[np.ndarray], np.ndarray]:
     with _LOAD_LOCK:  # tasks on threads (dask's threaded scheduler) wait for one load
         if ref in _FORWARDS:
             return _FORWARDS[ref]
-        if _sha256(Path(ref.path)) != ref.sha256:
+        if file_sha256(Path(ref.path)) != ref.sha256:
             raise ModelError(f"{ref.path}: the bundle changed since this run started")
         lm = load_model(ref.path)
         LOADS["count"] += 1

@@ -36,7 +36,7 @@ from .sources import CLASS_NODATA, ArraySource, Source, is_plain_path, open_sour
 from .unit import Forward, PredictOptions, UnitResult, make_plan, tta_forward
 
 __all__ = ["PredictOptions", "PredictResult", "predict_raster", "predict_many", "predict_array", "sidecar_paths",
-           "resolve_model", "output_tags", "cluster_model"]
+           "resolve_model", "output_tags", "cluster_model", "ArraySink"]
 
 
 @dataclass(frozen=True)
@@ -299,8 +299,8 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
     return results
 
 
-class _ArraySink:
-    """Blocks into in-memory class (and confidence) arrays."""
+class ArraySink:
+    """Blocks into in-memory class (and confidence) arrays (a sink for any executor)."""
 
     def __init__(self, height: int, width: int, confidence: bool):
         self.classes = np.full((height, width), CLASS_NODATA, np.uint8)
@@ -330,6 +330,6 @@ def predict_array(array: np.ndarray | Source, model: Any, options: PredictOption
         else ArraySource(array, nodata=nodata, band_names=band_names)
     plan = make_plan(source, meta, options)
     reporter = Reporter(progress, is_cancelled, total=len(plan.grid))
-    sink = _ArraySink(source.height, source.width, options.confidence)
+    sink = ArraySink(source.height, source.width, options.confidence)
     run_plan(plan, get_forward(), sink.write, reporter, options.prefetch)
     return sink.classes, sink.confidence

@@ -315,9 +315,9 @@ def predict(da, model: Any, *, confidence: bool = False, nodata: float | Sequenc
         classes, conf = _lazy(src, plan, handle)
     else:  # in memory: the local pipeline, now
         from .pipeline import run_plan  # noqa: PLC0415
-        from .predict import _ArraySink  # noqa: PLC0415
+        from .predict import ArraySink  # noqa: PLC0415
         from .progress import Reporter  # noqa: PLC0415
-        sink = _ArraySink(h, w, opts.confidence)
+        sink = ArraySink(h, w, opts.confidence)
         run_plan(plan, _forward(handle), sink.write, Reporter(None, None, total=len(plan.grid)), opts.prefetch)
         classes, conf = sink.classes, sink.confidence
     _, ydim, xdim = src.dims

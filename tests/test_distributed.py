@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
 
 pytest.importorskip("distributed")
 
@@ -159,7 +158,7 @@ def test_shipped_bundle_bytes_give_the_same_pixels(tiny_bundle, make_geotiff, tm
     them: the same pixels as in-process."""
     from geoseg.bundle import read_metadata
     from geoseg.model import ModelRef
-    from geoseg.predict import _ArraySink, predict_array
+    from geoseg.predict import ArraySink, predict_array
     from geoseg.progress import Reporter
     from geoseg.sources import open_source
     from geoseg.unit import make_plan
@@ -170,7 +169,7 @@ def test_shipped_bundle_bytes_give_the_same_pixels(tiny_bundle, make_geotiff, tm
     want, _ = predict_array(open_source(img), ref, opts)
     with cluster_client(workers=1) as client, open_source(img) as src:
         plan = make_plan(src, read_metadata(tiny_bundle), opts)
-        sink = _ArraySink(src.height, src.width, False)
+        sink = ArraySink(src.height, src.width, False)
         run_plan_distributed(client, plan, ref, sink.write, Reporter(None, None, total=len(plan.grid)),
                              ship_model=True)
         shipped = client.run(lambda: sorted(__import__("geoseg.distributed").distributed._SHIPPED))
