@@ -284,11 +284,12 @@ FRACTIONS = FractionsParamType()
 overwrite_opt = click.option("--overwrite", is_flag=True, default=False,
                              help="Replace existing output files (never an input).")
 tile_size_opt = click.option("--tile-size", type=click.IntRange(min=1), default=None,
-                             help="Window size in pixels [default: the model's].")
+                             help="Window size in pixels [default: twice the model's training chip, up to 512].")
 overlap_opt = click.option("--overlap", type=click.IntRange(min=0), default=None,
                            help="Pixels shared by neighbouring windows, < tile size / 2 [default: the model's].")
-batch_size_opt = click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-                              help="Windows per forward pass.")
+batch_size_opt = click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                              help="Windows per forward pass [default: about the pixels of 8 training chips: "
+                                   "2 windows at twice the chip].")
 blend_opt = click.option("--blend", type=click.Choice(BLENDS), default="crop", show_default=True,
                          help="How overlapping windows combine. crop: keep each window's centre; cosine: "
                               "average overlapping windows' probabilities with smooth weights.")

@@ -337,8 +337,8 @@ def format_metadata(meta: ModelMeta, path: str = "") -> str:
                      + "; an input that states its own conversion (product metadata, GDAL scale/offset) "
                        "is converted with it")
     lines.append(f"pixel size:   {inp.pixel_size:g} (CRS units)" if inp.pixel_size else "pixel size:   not recorded")
-    lines.append(f"tile size:    {meta.tile_size} px (multiple of {meta.tile_multiple}), "
-                 f"recommended overlap {meta.overlap} px")
+    lines.append(f"tile size:    {meta.tile_size} px training chip (windows: multiples of {meta.tile_multiple}; "
+                 f"predict's default window is twice the chip, up to 512 px), recommended overlap {meta.overlap} px")
     if meta.architecture:
         lines.append("architecture: " + ", ".join(f"{k}={v}" for k, v in meta.architecture.items()))
     for title, d in (("metrics", meta.metrics), ("provenance", meta.provenance)):

@@ -42,7 +42,7 @@ log = logging.getLogger("geoseg")
 
 __all__ = ["Forward", "BLENDS", "TTA_VIEWS", "PredictOptions", "Plan", "make_plan", "input_gain_bias",
            "UnitInput", "UnitResult", "read_unit", "blend_weights", "merge_unit", "tta_forward", "Batcher",
-           "process_task"]
+           "process_task", "default_window", "default_batch"]
 
 #: ``(N, h, w, bands) float32 -> (N, h, w, K)`` class probabilities.
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -114,9 +114,11 @@ class PredictOptions:
     """Options of a prediction run (``None`` = the model's recommendation).
 
     Attributes:
-        tile_size: window size in pixels (a multiple of the model's ``tile_multiple``).
+        tile_size: window size in pixels (a multiple of the model's ``tile_multiple``);
+            default :func:`default_window` (twice the model's training chip, up to 512).
         overlap: pixels shared by neighbouring windows (< tile_size / 2).
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass; default :func:`default_batch` (about the
+            pixels of 8 training chips, whatever the window size).
         blend: ``"crop"`` keeps each window's centre only; ``"cosine"`` averages the
             class probabilities of overlapping windows with smooth (sin²) weights.
         block_size: output GeoTIFF internal tile size (default: a multiple of the
@@ -145,7 +147,7 @@ class PredictOptions:
 
     tile_size: int | None = None
     overlap: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None
     blend: Literal["crop", "cosine"] = "crop"
     block_size: int | None = None
     bands: tuple[int | str, ...] | None = None
@@ -172,7 +174,8 @@ class PredictOptions:
                 raise ConfigError(f"{name} must be finite numbers, got {v!r}", option=name)
             if name == "input_scale" and any(x == 0 for x in vals):
                 raise ConfigError("input_scale must not be 0", option=name)
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool)
+                                            or self.batch_size < 1):
             raise ConfigError(f"batch size must be a positive integer, got {self.batch_size!r}", option="batch_size")
         if self.blend not in BLENDS:
             raise ConfigError(f"blend must be one of {', '.join(BLENDS)}, got {self.blend!r}", option="blend")
@@ -259,10 +262,48 @@ def check_memory(meta: ModelMeta, tile: int, batch: int) -> None:
                           "window size or batch size", option="tile_size")
 
 
+#: Pixels of one forward pass by default, in training chips of the model.
+BATCH_CHIPS = 8
+#: The default inference window grows to twice the training chip up to this size.
+WINDOW_TARGET = 512
+
+
+def default_window(meta: ModelMeta) -> int:
+    """The inference window when none is asked for: twice the model's training chip,
+    up to :data:`WINDOW_TARGET` px (a chip already larger is kept), on the model's
+    pooling lattice, and the chip itself where the machine could not hold a batch.
+
+    A fully convolutional model runs any window on its lattice, and the context margin
+    (the overlap) does not grow with the window: the network looks at
+    ``(W / (W - overlap))²`` times the scene's pixels, 1.31 at the bundled model's
+    256 px chip (overlap 32) and 1.14 at 512 px, and a larger window has fewer seams.
+    Measured with ``bench/windows.py`` (bundled model, 4096²): 512 px windows in
+    batches of 2 run 1.14x faster than 256 px in batches of 8 (768: 1.15x, 1024:
+    1.18x with a wider spread), every pixel of the bundled scene as one window gives.
+    """
+    tile, m = meta.tile_size, max(meta.tile_multiple, 1)
+    want = max(tile, min(2 * tile, WINDOW_TARGET))
+    want -= want % m
+    if want <= tile:
+        return tile
+    have = machine_memory_bytes()
+    if have and batch_memory_bytes(meta, want, default_batch(meta, want)) > MEMORY_SHARE * have:
+        return tile
+    return want
+
+
+def default_batch(meta: ModelMeta, tile: int) -> int:
+    """Windows per forward pass when none is asked for: about the pixels of
+    :data:`BATCH_CHIPS` training chips (8 at the chip size, 2 at twice it, 1 from
+    about three times it), so memory per pass does not grow with the window."""
+    return max(1, round(BATCH_CHIPS * meta.tile_size ** 2 / (tile * tile)))
+
+
 def make_plan(src: Source, meta: ModelMeta, options: PredictOptions) -> Plan:
     """The plan of a run over the open source ``src`` (see :class:`Plan`)."""
-    tile = options.tile_size or meta.tile_size
+    tile = options.tile_size or default_window(meta)
     overlap = meta.overlap if options.overlap is None else options.overlap
+    batch_size = options.batch_size or default_batch(meta, tile)
     validate_tiling(tile, overlap, meta.tile_multiple)
     bands = resolve_bands(src, meta.input, options.bands)
     for b in bands:
@@ -272,7 +313,7 @@ def make_plan(src: Source, meta: ModelMeta, options: PredictOptions) -> Plan:
     grid = make_grid(src.width, src.height, tile, overlap, options.block_size, align=meta.tile_multiple)
     windows = [w.read for u in grid.units for w in u.windows]
     side = math.isqrt(max((w.height * w.width for w in windows), default=0))
-    check_memory(meta, side, min(options.batch_size, len(windows)))
+    check_memory(meta, side, min(batch_size, len(windows)))
     spec = meta.input
     if spec.pixel_size and is_georeferenced(src) and src.crs.is_projected:
         res = math.sqrt(abs(src.transform.determinant))
@@ -299,7 +340,7 @@ def make_plan(src: Source, meta: ModelMeta, options: PredictOptions) -> Plan:
             tags.append(("GEOSEG_LEVEL_MISMATCH", f"input {level}, model {want}"))
     return Plan(src.spec, tuple(bands), masked, grid, gain, bias,
                 np.array([c.id for c in meta.classes], dtype=np.uint8), options.blend, options.confidence,
-                options.batch_size, src_nodata, tuple(tags))
+                batch_size, src_nodata, tuple(tags))
 
 
 def _per_band(v: float | tuple[float, ...] | None, n: int, option: str) -> tuple[float, ...] | None:

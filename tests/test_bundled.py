@@ -29,14 +29,16 @@ def test_bundled_model_metadata():
     assert meta.metrics["water_iou"] > meta.metrics["mndwi_gt_0_water_iou"]
 
 
-def test_tiled_output_agrees_with_single_window(water_model, tmp_path):
-    tiled = predict_raster(SCENE, tmp_path / "tiled.tif", water_model, PredictOptions())
+@pytest.mark.parametrize("tile", [None, 256])  # the default window (twice the chip: 512) and the chip
+def test_tiled_output_agrees_with_single_window(water_model, tmp_path, tile):
+    tiled = predict_raster(SCENE, tmp_path / "tiled.tif", water_model, PredictOptions(tile_size=tile))
     # one 640 x 640 window covers the whole 625 x 545 scene
     single = predict_raster(SCENE, tmp_path / "single.tif", water_model,
                             PredictOptions(tile_size=640, overlap=0, batch_size=1))
-    assert tiled.n_windows > 4 and single.n_windows == 1
+    assert tiled.n_windows >= (4 if tile is None else 9) and single.n_windows == 1
     with rasterio.open(tiled.output) as a, rasterio.open(single.output) as b:
         agree = float((a.read(1) == b.read(1)).mean())
+        assert a.tags()["GEOSEG_TILE_SIZE"] == str(tile or 512)
     assert agree >= 0.999, agree
 
 

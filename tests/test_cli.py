@@ -391,7 +391,7 @@ def test_bad_input_one_line_error_nothing_left(runner, tiny_bundle, rgb_byte, ma
     elif case == "bad_tile":
         extra = ["--tile-size", "31"]
     elif case == "bad_overlap":
-        extra = ["--overlap", "16"]
+        extra = ["--tile-size", "32", "--overlap", "16"]
     elif case == "model_missing":
         model = work / "nomodel.geoseg"
     before = {p: p.stat().st_mtime_ns for p in work.rglob("*")}

@@ -415,7 +415,7 @@ def test_cosine_blending_weights_by_hand(make_geotiff, tmp_path):
         return np.stack([1 - r, r], -1)
 
     m = LoadedModel(make_meta(n_bands=3, tile=tile, overlap=ov), None)
-    predict_raster(path, tmp_path / "o.tif", m, PredictOptions(blend="cosine", block_size=208),
+    predict_raster(path, tmp_path / "o.tif", m, PredictOptions(tile_size=tile, blend="cosine", block_size=208),
                    forward=position, confidence_path=tmp_path / "c.tif")
     with rasterio.open(tmp_path / "c.tif") as c:
         conf = c.read(1).astype(int)
@@ -508,7 +508,7 @@ def test_windows_without_valid_pixels_are_not_run(make_geotiff, tmp_path, fake_m
     data[:, :, 48:72] = np.nan          # the left cores of the second block column are all nodata
     path = make_geotiff(data)
     m, fwd = fake_model
-    res = predict_raster(path, tmp_path / "o.tif", m, PredictOptions(block_size=48), forward=fwd)
+    res = predict_raster(path, tmp_path / "o.tif", m, PredictOptions(tile_size=32, block_size=48), forward=fwd)
     valid = ~np.isnan(data[0])
     want = sum(bool(valid[w.core.slices()].any()) for u in make_grid(100, 100, 32, 8, 48) for w in u.windows)
     assert res.n_windows_run == want < res.n_windows
@@ -666,3 +666,21 @@ def test_each_compressed_input_byte_is_read_once_per_pass(tmp_path, monkeypatch)
     size = big.stat().st_size
     assert phase["run"] / size <= 1.05, phase
     assert phase["plan"] / size <= 1.05, phase
+
+
+def test_default_window_is_twice_the_chip_and_the_batch_keeps_its_pixels(monkeypatch):
+    """Twice the training chip up to 512 (a larger chip is kept), on the model's
+    lattice; batches of about 8 chips of pixels; the chip where memory is short."""
+    import geoseg.unit as gu
+    from geoseg.unit import default_batch, default_window
+    assert default_window(make_meta(tile=32, multiple=2)) == 64
+    assert default_window(make_meta(tile=256, multiple=8)) == 512
+    assert default_window(make_meta(tile=384, multiple=8)) == 512
+    assert default_window(make_meta(tile=512, multiple=8)) == 512
+    assert default_window(make_meta(tile=200, multiple=16)) == 400
+    m = make_meta(tile=256, multiple=8)
+    assert [default_batch(m, t) for t in (256, 512, 768, 1024)] == [8, 2, 1, 1]
+    monkeypatch.setattr(gu, "machine_memory_bytes", lambda: 200 << 20)
+    assert default_window(m) == 256
+    plan_opts = PredictOptions()
+    assert plan_opts.batch_size is None and plan_opts.tile_size is None

@@ -253,7 +253,8 @@ class SegmentRaster(_Base):
             "<b>Bands</b>: empty matches the raster's band names to the model's (Sentinel-2 names such as B4, "
             "B04 or red all work), else takes the bands in order; or list them in the model's order as band "
             "numbers or names, e.g. 2,3,4,8,11,12.<br>"
-            "<b>Advanced</b>: window size and overlap default to the model's; cosine blending averages "
+            "<b>Advanced</b>: window size defaults to twice the model's training chip (up to 512 px), overlap to "
+            "the model's; cosine blending averages "
             "overlapping windows; test-time augmentation (flip, d4) averages flipped/rotated views (2×/8× "
             "slower).<br><br>"
             "The model runs in geoseg's own Python environment (set it under Processing ▸ Options ▸ Providers ▸ "
@@ -268,12 +269,13 @@ class SegmentRaster(_Base):
             self.BANDS, "Bands in the model's order (empty: matched by the model's band names)",
             defaultValue="", optional=True))
         advanced = [
-            QgsProcessingParameterNumber(self.TILE_SIZE, "Window size in pixels (not set: the model's)",
+            QgsProcessingParameterNumber(self.TILE_SIZE, "Window size in pixels (not set: twice the model's chip, "
+                                         "up to 512)",
                                          QgsProcessingParameterNumber.Integer, None, True, 16, 8192),
             QgsProcessingParameterNumber(self.OVERLAP, "Overlap in pixels (not set: the model's)",
                                          QgsProcessingParameterNumber.Integer, None, True, 0, 4096),
-            QgsProcessingParameterNumber(self.BATCH_SIZE, "Windows per batch",
-                                         QgsProcessingParameterNumber.Integer, 8, False, 1, 4096),
+            QgsProcessingParameterNumber(self.BATCH_SIZE, "Windows per batch (not set: automatic)",
+                                         QgsProcessingParameterNumber.Integer, None, True, 1, 4096),
             QgsProcessingParameterEnum(self.BLEND, "Blending of overlapping windows", list(BLENDS),
                                        defaultValue=0),
             QgsProcessingParameterEnum(self.TTA, "Test-time augmentation", list(TTA), defaultValue=0),
@@ -299,14 +301,14 @@ class SegmentRaster(_Base):
                               tif) if parameters.get(self.CONFIDENCE) else ""
         areas = self.parameterAsFileOutput(parameters, self.AREAS, context) if parameters.get(self.AREAS) else ""
         args = ["predict", model, src, out, "--overwrite",
-                "--batch-size", str(self.parameterAsInt(parameters, self.BATCH_SIZE, context)),
                 "--blend", BLENDS[self.parameterAsEnum(parameters, self.BLEND, context)],
                 "--tta", TTA[self.parameterAsEnum(parameters, self.TTA, context)]]
         bands = (self.parameterAsString(parameters, self.BANDS, context) or "").strip()
         if bands:
             args += ["--bands", bands]
-        for name, flag in ((self.TILE_SIZE, "--tile-size"), (self.OVERLAP, "--overlap")):
-            if parameters.get(name) not in (None, ""):  # not set: the model's
+        for name, flag in ((self.TILE_SIZE, "--tile-size"), (self.OVERLAP, "--overlap"),
+                           (self.BATCH_SIZE, "--batch-size")):
+            if parameters.get(name) not in (None, ""):  # not set: geoseg's default
                 args += [flag, str(self.parameterAsInt(parameters, name, context))]
         if conf:
             args += ["--confidence-tif", conf]
