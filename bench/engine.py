@@ -109,12 +109,14 @@ def plan_schedule(src: Path, meta, options) -> tuple[list[tuple[int, ...]], obje
     shapes: list[tuple[int, ...]] = []
     for task in plan.tasks():
         for u in task:
-            inputs = [np.broadcast_to(np.float32(0), (w.read.height, w.read.width, nb)) for w in u.windows]
+            inputs = [np.broadcast_to(np.float32(0), (nb, w.read.height, w.read.width)) for w in u.windows]
             uin = UnitInput(u, np.ones((1, 1), bool), list(inputs), list(range(len(u.windows))))
             for batch in b.add(uin):
-                shapes.append((len(batch), *batch[0][0].uin.inputs[batch[0][1]].shape))
+                c, h, w = batch[0][0].uin.inputs[batch[0][1]].shape  # windows are (bands, h, w) views
+                shapes.append((len(batch), h, w, c))
         for batch in b.end_task():
-            shapes.append((len(batch), *batch[0][0].uin.inputs[batch[0][1]].shape))
+            c, h, w = batch[0][0].uin.inputs[batch[0][1]].shape
+            shapes.append((len(batch), h, w, c))
     return shapes, plan
 
 

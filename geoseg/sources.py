@@ -180,6 +180,8 @@ class RasterSource:
         stated = [(float(sc), float(of)) for sc, of in zip(ds.scales, ds.offsets)]
         self.radiometry = tuple(stated) if any(v != (1.0, 0.0) for v in stated) else None
         self.level = ""
+        #: (rows, cols) of the input's internal blocks (tiles or strips), which reads align to
+        self.block_shape = tuple(ds.block_shapes[0]) if ds.block_shapes else None
 
     def has_masks(self, bands: Sequence[int]) -> bool:
         with thread_env():  # GDAL reads the mask's directory here

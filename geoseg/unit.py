@@ -36,13 +36,13 @@ import numpy as np
 from .bundle import InputSpec, ModelMeta
 from .errors import ConfigError, InputLevelWarning, PixelSizeWarning, RasterError, UndeclaredNodataWarning
 from .sources import CLASS_NODATA, Source, is_georeferenced, owned_source, read_rect, resolve_bands
-from .windows import Grid, Unit, make_grid, validate_tiling
+from .windows import Grid, Rect, Unit, make_grid, validate_tiling
 
 log = logging.getLogger("geoseg")
 
 __all__ = ["Forward", "BLENDS", "TTA_VIEWS", "PredictOptions", "Plan", "make_plan", "input_gain_bias",
            "UnitInput", "UnitResult", "read_unit", "blend_weights", "merge_unit", "tta_forward", "Batcher",
-           "process_task", "default_window", "default_batch"]
+           "process_task", "default_window", "default_batch", "sample_rects"]
 
 #: ``(N, h, w, bands) float32 -> (N, h, w, K)`` class probabilities.
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -353,24 +353,50 @@ def _per_band(v: float | tuple[float, ...] | None, n: int, option: str) -> tuple
     return tuple(float(x) for x in vals)
 
 
+#: The plan's checks (radiometry, nodata border) read at most this many input blocks
+#: per side of a lattice over the scene (corners and edges included): 16 blocks.
+SAMPLE_LATTICE = 4
+
+
+def sample_rects(src: Source, n: int = SAMPLE_LATTICE) -> list[Rect]:
+    """Up to ``n`` x ``n`` whole input blocks on a lattice over the raster (its first and
+    last block rows and columns included, where a nodata border shows), so a sample
+    decodes each of them once and no other: the input's own blocks (GDAL's tiles, a
+    dask array's chunks), else 256 px squares; whole-width strips shorter than 256 rows
+    are stacked to 256 rows."""
+    bh, bw = getattr(src, "block_shape", None) or (256, 256)
+    bh, bw = max(1, min(int(bh), src.height)), max(1, min(int(bw), src.width))
+    if bh < 256 and bw == src.width:  # whole-width strips: enough of them for a 256-row sample
+        bh = min(src.height, -(-256 // bh) * bh)
+    rows = -(-src.height // bh)
+    cols = -(-src.width // bw)
+    pick_r = np.unique(np.linspace(0, rows - 1, min(n, rows)).round().astype(int))
+    pick_c = np.unique(np.linspace(0, cols - 1, min(n, cols)).round().astype(int))
+    return [Rect(int(c) * bw, int(r) * bh, min(bw, src.width - int(c) * bw), min(bh, src.height - int(r) * bh))
+            for r in pick_r for c in pick_c]
+
+
 class _Sample:
-    """A small decimated read of the plan's bands (at most 256 px on its long side),
-    made once and only when a check needs it."""
+    """What the plan's checks look at: the plan's bands in up to 16 whole input blocks
+    on a lattice over the scene (:func:`sample_rects`), read once and only when a check
+    needs it — not the whole file, which the run then reads again."""
 
     def __init__(self, src: Source, bands: list[int]):
         self.src, self.bands = src, bands
         self._data = None
 
     def get(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(data (bands, 1, n) float32, valid (1, n))`` of the sampled pixels."""
         if self._data is None:
-            k = max(1, math.ceil(max(self.src.width, self.src.height) / 256))
-            h, w = max(1, self.src.height // k), max(1, self.src.width // k)
-            self._data = self.src.read_decimated(self.bands, h, w)
+            parts = [self.src.read(self.bands, r, True) for r in sample_rects(self.src)]
+            data = np.concatenate([d.reshape(len(self.bands), -1) for d, _ in parts], axis=1)[:, None, :]
+            valid = np.concatenate([v.reshape(-1) for _, v in parts])[None, :]
+            self._data = (data, valid)
         return self._data
 
     def warn_zero_border(self) -> None:
         data, _ = self.get()
-        zero = np.all(data == 0, axis=0).mean()
+        zero = np.all(data == 0, axis=0).mean()  # (the sample is the raw values: valid says nothing here)
         if zero >= 0.01:
             warnings.warn(f"{self.src.name}: {100 * zero:.0f} % of the scene is 0 in every band and no nodata is "
                           "declared: those pixels are classified and counted; declare src_nodata=0 if they hold "
@@ -450,7 +476,7 @@ class UnitInput:
 
     unit: Unit
     valid: np.ndarray                  # (h, w) validity of the unit's region
-    inputs: list[np.ndarray | None]    # (win_h, win_w, bands) float32, one per window to run
+    inputs: list[np.ndarray | None]    # (bands, win_h, win_w) float32 views, one per window to run
     run: list[int]                     # indexes into unit.windows that need the model
 
 
@@ -479,11 +505,15 @@ def read_unit(src: Source, unit: Unit, plan: Plan) -> UnitInput:
             run.append(i)
     if not run:
         return UnitInput(unit, region_valid, [], run)
-    x = np.moveaxis(data, 0, -1)  # (h, w, bands) view
-    x = x * plan.gain + plan.bias  # new contiguous float32 array
+    # normalised in place (the read is this unit's own float32 array); the windows stay
+    # views into it, band first, until the batch they run in is filled (Batcher.run)
+    if data.dtype != np.float32 or not data.flags.writeable:
+        data = data.astype(np.float32)
+    data *= plan.gain[:, None, None]
+    data += plan.bias[:, None, None]
     if plan.masked:
-        x[~valid] = 0.0
-    inputs: list[np.ndarray | None] = [np.ascontiguousarray(x[unit.windows[i].read.slices(rect)]) for i in run]
+        data[:, ~valid] = 0.0
+    inputs: list[np.ndarray | None] = [data[(slice(None),) + unit.windows[i].read.slices(rect)] for i in run]
     return UnitInput(unit, region_valid, inputs, run)
 
 
@@ -598,7 +628,11 @@ class Batcher:
     @staticmethod
     def run(batch: list[tuple[_Slot, int]], forward: Forward) -> tuple[int, int]:
         """Run one batch; returns (windows, input pixels)."""
-        x = np.stack([slot.uin.inputs[j] for slot, j in batch])
+        first = batch[0][0].uin.inputs[batch[0][1]]
+        c, h, w = first.shape
+        x = np.empty((len(batch), h, w, c), np.float32)  # the model's band-last batch, filled once
+        for k, (slot, j) in enumerate(batch):
+            np.copyto(x[k], slot.uin.inputs[j].transpose(1, 2, 0))
         y = forward(x)
         for (slot, j), p in zip(batch, y):
             slot.probs[j] = p

@@ -199,6 +199,8 @@ class DataArraySource(ArraySource):
         self.count, self.height, self.width = data.shape
         self.dims = (band_dim, ydim, xdim)
         self.lazy = lazy
+        #: a dask array's chunk (rows, cols): the plan's sample reads whole chunks
+        self.block_shape = (data.chunks[1][0], data.chunks[2][0]) if lazy else None
 
     def read(self, bands: Sequence[int], rect: Rect, masked: bool) -> tuple[np.ndarray, np.ndarray]:
         sl = rect.slices()
