@@ -266,12 +266,12 @@ def test_cli_interrupt_with_workers_leaves_nothing(inputs, tmp_path, sig):
     out = tmp_path / "out"
     out.mkdir()
     p = subprocess.Popen([str(GEOSEG), "--progress", "jsonl", "predict", str(BUNDLED), str(inputs["big"]),
-                          str(out / "c.tif"), "--areas", "--workers", "2"],
+                          str(out / "c.tif"), "--areas", "--workers", "2", "--tta", "d4"],  # d4: slow enough
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in p.stdout:  # the first written block row: the cluster is up and working
             ev = json.loads(line)
-            if ev["event"] == "progress" and ev["done"] > 0:
+            if ev["event"] == "progress" and 0 < ev["done"] < ev["total"]:
                 break
         children = psutil.Process(p.pid).children(recursive=True)
         assert len(children) >= 2
