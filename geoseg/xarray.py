@@ -50,10 +50,6 @@ from .windows import Rect
 
 __all__ = ["predict", "areas", "to_geotiff", "DataArraySource"]
 
-#: The most chunks of a dask-backed input read while planning (for the checks of the
-#: input's radiometry and nodata border); nothing else is read before compute.
-SAMPLE_CHUNKS = 16
-
 #: dims taken as the raster's rows and columns, in order of preference
 _Y_DIMS = ("y", "latitude", "lat", "northing", "rows")
 _X_DIMS = ("x", "longitude", "lon", "easting", "cols")
@@ -209,25 +205,11 @@ class DataArraySource(ArraySource):
         return raw.astype(np.float32), valid
 
     def read_decimated(self, bands: Sequence[int], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """The whole array decimated (nearest) for the plan's checks. A dask array is
-        sampled from at most :data:`SAMPLE_CHUNKS` of its chunks (a lattice over the
-        array, each decimated alike), so planning never reads the whole input."""
-        idx = [b - 1 for b in bands]
-        if not self.lazy:
-            rows = ((np.arange(height) + 0.5) * self.height / height).astype(np.int64)
-            cols = ((np.arange(width) + 0.5) * self.width / width).astype(np.int64)
-            raw = self.array[idx][:, rows][:, :, cols]
-            return raw.astype(np.float32), self._valid(bands, raw)
-        import dask  # noqa: PLC0415
-        k = max(1, int(np.ceil(max(self.height / height, self.width / width))))
-        per_side = int(np.sqrt(SAMPLE_CHUNKS))
-        bounds = [np.cumsum((0,) + tuple(c)) for c in self.array.chunks[1:]]
-        pick = [np.unique(np.linspace(0, len(b) - 2, min(per_side, len(b) - 1)).round().astype(int))
-                for b in bounds]
-        parts = [self.array[idx, bounds[0][i]:bounds[0][i + 1]:k, bounds[1][j]:bounds[1][j + 1]:k]
-                 for i in pick[0] for j in pick[1]]
-        got = dask.compute(*parts)
-        raw = np.concatenate([p.reshape(len(idx), 1, -1) for p in got], axis=2)
+        """The whole array decimated (nearest; quick looks only: the plan's checks read
+        whole chunks on a lattice, :func:`geoseg.unit.sample_rects`)."""
+        rows = ((np.arange(height) + 0.5) * self.height / height).astype(np.int64)
+        cols = ((np.arange(width) + 0.5) * self.width / width).astype(np.int64)
+        raw = np.asarray(self.array[[b - 1 for b in bands]][:, rows][:, :, cols])
         return raw.astype(np.float32), self._valid(bands, raw)
 
 
