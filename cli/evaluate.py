@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .options import (INT_LIST, NODATA, bands_opt, input_offset_opt, input_scale_opt, overwrite_opt, rgb_map_opt,
-                      mask_scl_opt, resample_opt, src_nodata_opt, tta_opt)
+                      mask_scl_opt, resample_opt, src_nodata_opt, tta_opt, runtime_opt, precision_opt)
 from .progress import emit_result, machine, progress_bar
 
 
@@ -28,6 +28,8 @@ from .progress import emit_result, machine, progress_bar
 @rgb_map_opt
 @bands_opt
 @tta_opt
+@runtime_opt
+@precision_opt
 @input_scale_opt
 @input_offset_opt
 @src_nodata_opt
@@ -36,7 +38,7 @@ from .progress import emit_result, machine, progress_bar
 @overwrite_opt
 @click.pass_context
 def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, background, rgb_map, bands,
-             tta, input_scale, input_offset, src_nodata, resample, mask_scl, overwrite):
+             tta, runtime, precision, input_scale, input_offset, src_nodata, resample, mask_scl, overwrite):
     """Confusion matrix, per-class IoU, Dice/F1, precision and recall, overall
     accuracy, and mean IoU / mean Dice excluding the background class.
 
@@ -61,13 +63,16 @@ def evaluate(ctx, prediction, truth, model_path, prefix, truth_nodata, ignore, b
 
     if tta != "none" and not model_path:
         raise click.UsageError("--tta applies to a model: give --model")
+    if (runtime, precision) != ("auto", "auto") and not model_path:
+        raise click.UsageError("--runtime and --precision apply to a model: give --model")
     if prefix:
         for suffix in (".csv", ".json", "_confusion.png"):
             check_output_path(str(prefix) + suffix, [prediction, truth], overwrite, "output")
     quiet = ctx.obj["quiet"]
     model_background = "model" if background is None else background   # the core's "the model's"
     opts = PredictOptions(bands=bands, tta=tta, input_scale=input_scale, input_offset=input_offset,
-                          src_nodata=src_nodata, resample=resample, mask_scl=mask_scl)
+                          src_nodata=src_nodata, resample=resample, mask_scl=mask_scl, runtime=runtime,
+                          precision=precision)
     from geoseg.sentinel2 import is_s2_product
     if model_path and Path(prediction).is_dir() and not is_s2_product(prediction):
         colours, cfg_ignore = rgb_map or (None, None)

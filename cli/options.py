@@ -9,6 +9,8 @@ Shared options and the commands that use them:
 - ``batch_size_opt``  ``--batch-size``   predict
 - ``blend_opt``       ``--blend``        predict            (choices: ``geoseg.unit.BLENDS``)
 - ``tta_opt``         ``--tta``          predict, evaluate  (choices: ``geoseg.unit.TTA_VIEWS``)
+- ``runtime_opt``, ``precision_opt``  ``--runtime``, ``--precision``   predict, evaluate
+  (choices: ``geoseg.unit.RUNTIMES``, ``geoseg.unit.PRECISIONS``)
 - ``bands_opt``       ``--bands``        predict, evaluate  (type ``BANDS``)
 - ``rgb_map_opt``     ``--rgb-map``      evaluate, tile     (type ``RGB_MAP``)
 - ``resample_opt``, ``mask_scl_opt``  ``--resample``, ``--mask-scl``   predict, evaluate
@@ -46,7 +48,7 @@ from typing import Any, NamedTuple
 
 import click
 
-from geoseg.unit import BLENDS, TTA_VIEWS
+from geoseg.unit import BLENDS, PRECISIONS, RUNTIMES, TTA_VIEWS
 
 RGB = tuple[int, int, int]
 CONFIG_SUFFIXES = (".toml", ".ini", ".config")
@@ -300,6 +302,13 @@ tta_opt = click.option("--tta", type=click.Choice(list(TTA_VIEWS)), default="non
                        help="Test-time augmentation: average the probabilities of flipped and rotated views of "
                             "each window (model passes per window: "
                             + ", ".join(f"{k} {len(v)}" for k, v in TTA_VIEWS.items()) + ").")
+runtime_opt = click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
+                           help="How the model runs: openvino (compiled for this CPU, the faster) or keras "
+                                "(TensorFlow/JAX); auto: openvino where installed.")
+precision_opt = click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+                             help="bfloat16: OpenVINO on a CPU with native bfloat16, faster than float32, "
+                                  "classes as float32's on >= 99.9 % of pixels; float32: Keras's own classes on "
+                                  "every machine; auto: bfloat16 where the CPU has it.")
 input_scale_opt = click.option("--input-scale", type=NUMBERS, default=None, metavar="S|S1,S2,..",
                                 help="The input's DN -> physical units: (DN + input offset) x S, one value or one per "
                                      "model band [default: what the input states (product metadata, GDAL "

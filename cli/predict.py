@@ -8,7 +8,7 @@ import click
 
 from .options import (CREATION_OPTION, bands_opt, batch_size_opt, blend_opt, input_offset_opt, input_scale_opt,
                       overlap_opt, overwrite_opt,
-                      mask_scl_opt, resample_opt, src_nodata_opt, tile_size_opt, tta_opt)
+                      mask_scl_opt, resample_opt, src_nodata_opt, tile_size_opt, tta_opt, runtime_opt, precision_opt)
 from .progress import emit_result, progress_bar, table_records
 
 
@@ -23,6 +23,8 @@ from .progress import emit_result, progress_bar, table_records
 @batch_size_opt
 @blend_opt
 @tta_opt
+@runtime_opt
+@precision_opt
 @bands_opt
 @input_scale_opt
 @input_offset_opt
@@ -55,7 +57,7 @@ from .progress import emit_result, progress_bar, table_records
 @click.option("--dashboard", is_flag=True, help="With --workers: serve Dask's dashboard on port 8787.")
 @overwrite_opt
 @click.pass_context
-def predict(ctx, model, inputs, output, tile_size, overlap, batch_size, blend, tta, bands, input_scale, input_offset, src_nodata,
+def predict(ctx, model, inputs, output, tile_size, overlap, batch_size, blend, tta, runtime, precision, bands, input_scale, input_offset, src_nodata,
             resample, mask_scl,
             areas, confidence, areas_csv, confidence_tif, preview,
             cog, creation_options, overviews, stack, workers, scheduler, dashboard, overwrite):
@@ -71,6 +73,7 @@ def predict(ctx, model, inputs, output, tile_size, overlap, batch_size, blend, t
       geoseg predict water.geoseg S2_scene.tif water.tif --areas --preview
       geoseg predict water.geoseg S2_scene.tif water.tif --blend cosine --overlap 64
       geoseg predict dubai.geoseg photo.jpg classes.tif --tta d4
+      geoseg predict water.geoseg S2_scene.tif water.tif --precision bfloat16
       geoseg predict water.geoseg stack.tif water.tif --bands 2,3,4,8,11,12
       geoseg predict water.geoseg scenes/*.tif results/ --areas --cog
       geoseg predict water.geoseg S2_scene.tif -o water.tif --co COMPRESS=ZSTD --overviews
@@ -94,7 +97,7 @@ def predict(ctx, model, inputs, output, tile_size, overlap, batch_size, blend, t
     opts = PredictOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, blend=blend,
                           bands=bands, confidence=confidence, tta=tta, input_scale=input_scale,
                           input_offset=input_offset, src_nodata=src_nodata, resample=resample,
-                          mask_scl=mask_scl)
+                          mask_scl=mask_scl, runtime=runtime, precision=precision)
     out_p = Path(out)
     if stack:
         if out_p.is_dir():

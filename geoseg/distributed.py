@@ -167,7 +167,8 @@ def _worker_forward(ref, shipped: bytes | None):
     """The worker's compiled forward pass of ``ref`` (once per process): from the path
     when this worker sees the same bundle there, else from the shipped bytes, written
     once to a local file named by their hash."""
-    from .model import ModelRef, load_forward  # noqa: PLC0415  (Keras on workers only)
+    from dataclasses import replace  # noqa: PLC0415
+    from .model import load_forward  # noqa: PLC0415  (Keras on workers only)
     p = Path(ref.path)
     if shipped is None:
         if not p.is_file():
@@ -184,7 +185,7 @@ def _worker_forward(ref, shipped: bytes | None):
             tmp.write_bytes(shipped)
             os.replace(tmp, local)
         _SHIPPED[ref.sha256] = local
-    return load_forward(ModelRef(local, ref.sha256, ref.tta))
+    return load_forward(replace(ref, path=local))
 
 
 @dataclass

@@ -25,10 +25,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .bundle import MODEL_NAME, ModelMeta, read_bundle_member, read_metadata, write_bundle
-from .errors import MissingDependencyError, ModelError, one_line
+from .errors import ConfigError, MissingDependencyError, ModelError, one_line
 
 __all__ = ["build_unet", "save_model", "load_model", "LoadedModel", "make_forward", "keras_module", "ModelRef",
-           "load_forward", "forward_of", "file_sha256"]
+           "load_forward", "forward_of", "file_sha256", "resolve_runtime"]
 
 _PRELOADED = False
 
@@ -197,14 +197,87 @@ class ModelRef:
     path: str
     sha256: str
     tta: str = "none"
+    runtime: str = "keras"
+    precision: str = "float32"
 
     @classmethod
-    def of(cls, path: str | os.PathLike, tta: str = "none") -> "ModelRef":
+    def of(cls, path: str | os.PathLike, tta: str = "none", runtime: str = "auto",
+           precision: str = "auto") -> "ModelRef":
         """The reference of a bundle file (read and checked now: a bad bundle is a
-        one-line ModelError here, not in a worker later)."""
+        one-line ModelError here, not in a worker later), with the runtime and precision
+        resolved on this machine (:func:`resolve_runtime`): every process that loads the
+        reference runs the model the same way."""
         p = Path(path)
         read_metadata(p)
-        return cls(str(p.absolute()), file_sha256(p), tta)
+        return cls(str(p.absolute()), file_sha256(p), tta, *resolve_runtime(runtime, precision))
+
+
+
+
+def _keras_backend_name() -> str:
+    """The backend Keras runs on (or will, once imported), without importing it."""
+    import importlib.util  # noqa: PLC0415
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    return "tensorflow" if importlib.util.find_spec("tensorflow") is not None else "jax"
+
+
+def _openvino():
+    """``openvino``, or None where it is not installed."""
+    try:
+        import openvino  # noqa: PLC0415
+    except ImportError:
+        return None
+    return openvino
+
+
+def _cpu_has_bf16(ov) -> bool:
+    try:
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001  (no CPU plugin: no bfloat16)
+        return False
+
+
+def resolve_runtime(runtime: str = "auto", precision: str = "auto") -> tuple[str, str]:
+    """The runtime and precision a forward pass will use on this machine.
+
+    ``auto`` runtime: OpenVINO where it is installed and Keras runs on TensorFlow (the
+    graph is converted from TensorFlow), else Keras. ``auto`` precision: bfloat16 on
+    OpenVINO where the CPU computes it natively (the classes agree with float32 on
+    >= 99.9 % of pixels: bench/forward.py, tests/test_runtime.py), else float32.
+    Asking for what this machine cannot do is a one-line ConfigError (OpenVINO not
+    installed, OpenVINO under JAX, bfloat16 without OpenVINO or on a CPU without native
+    bfloat16) — never a silent fallback to something else."""
+    from .unit import PRECISIONS, RUNTIMES  # noqa: PLC0415  (unit imports rasterio: keep this module light)
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}", option="runtime")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}",
+                          option="precision")
+    backend = _keras_backend_name()
+    asked = runtime
+    ov = _openvino() if runtime != "keras" else None
+    if runtime == "openvino":
+        if ov is None:
+            raise ConfigError("the OpenVINO runtime is not installed: pip install openvino (or use the "
+                              "keras runtime)", option="runtime")
+        if backend != "tensorflow":
+            raise ConfigError(f"the OpenVINO runtime converts the model through TensorFlow; Keras runs on "
+                              f"{backend} here: use the keras runtime", option="runtime")
+    if runtime == "auto":
+        runtime = "openvino" if ov is not None and backend == "tensorflow" else "keras"
+    if precision == "bfloat16":
+        if runtime != "openvino":
+            hint = "" if ov is not None or asked == "keras" else " (pip install openvino)"
+            raise ConfigError(f"bfloat16 precision runs on the OpenVINO runtime only{hint}", option="precision")
+        if not _cpu_has_bf16(ov):
+            raise ConfigError("this CPU has no native bfloat16 (AVX512_BF16 or AMX): use float32",
+                              option="precision")
+    if precision == "auto":
+        precision = "bfloat16" if runtime == "openvino" and _cpu_has_bf16(ov) else "float32"
+    return runtime, precision
 
 
 def file_sha256(path: Path) -> str:
@@ -243,19 +316,23 @@ def load_forward(ref: ModelRef) -> Callable[[np.ndarray], np.ndarray]:
             raise ModelError(f"{ref.path}: the bundle changed since this run started")
         lm = load_model(ref.path)
         LOADS["count"] += 1
-        return _cache(ref, tta_forward(make_forward(lm.keras_model, lm.meta.input.n_bands, lm.meta.head),
-                                       ref.tta))
+        return _cache(ref, tta_forward(make_forward(lm.keras_model, lm.meta.input.n_bands, lm.meta.head,
+                                                    runtime=ref.runtime, precision=ref.precision), ref.tta))
 
 
-def forward_of(model: LoadedModel, tta: str = "none") -> Callable[[np.ndarray], np.ndarray]:
+def forward_of(model: LoadedModel, tta: str = "none", runtime: str = "auto",
+               precision: str = "auto") -> Callable[[np.ndarray], np.ndarray]:
     """The forward function of a model held in memory. A model loaded from a bundle
     shares the per-process cache of :func:`load_forward` (compiled once from the
     Keras model already in memory); one built in memory (training) is compiled now."""
     from .unit import tta_forward  # noqa: PLC0415
-    ref = ModelRef.of(model.path, tta) if model.path and Path(model.path).is_file() else None
+    runtime, precision = resolve_runtime(runtime, precision)
+    ref = (ModelRef.of(model.path, tta, runtime, precision) if model.path and Path(model.path).is_file()
+           else None)
     if ref is not None and ref in _FORWARDS:
         return _FORWARDS[ref]
-    fwd = tta_forward(make_forward(model.keras_model, model.meta.input.n_bands, model.meta.head), tta)
+    fwd = tta_forward(make_forward(model.keras_model, model.meta.input.n_bands, model.meta.head,
+                                   runtime=runtime, precision=precision), tta)
     return _cache(ref, fwd) if ref is not None else fwd
 
 
@@ -298,23 +375,27 @@ def _check_model_fits(model: Any, meta: ModelMeta, where: str) -> None:
                          f"has {meta.n_classes} classes ({meta.head} head)")
 
 
-def make_forward(model: Any, n_bands: int, head: str = "softmax") -> Callable[[np.ndarray], np.ndarray]:
+def make_forward(model: Any, n_bands: int, head: str = "softmax", *, runtime: str = "keras",
+                 precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
     """A compiled forward pass: ``(N, h, w, bands) float32 -> (N, h, w, K)`` probabilities.
 
     TensorFlow backend: one ``tf.function`` whose signature leaves batch and window
     sizes open (no retracing for short batches or trimmed border windows; about 25 %
     faster than ``model.predict``, see stack.md). JAX backend: ``jax.jit`` over
-    ``stateless_call`` (compiled once per window shape). A sigmoid head is returned
-    as two channels ``[1 - p, p]``.
+    ``stateless_call`` (compiled once per window shape). ``runtime="openvino"``: that
+    ``tf.function``'s graph converted to OpenVINO and compiled for this CPU in
+    ``precision`` (see :data:`geoseg.unit.RUNTIMES`; ``"auto"`` values go through
+    :func:`resolve_runtime`). A sigmoid head is returned as two channels ``[1 - p, p]``.
     """
     keras = keras_module()
     backend = keras.backend.backend()
-    if backend == "tensorflow":
+    if "auto" in (runtime, precision):
+        runtime, precision = resolve_runtime(runtime, precision)
+    if runtime == "openvino":
+        run = _openvino_forward(model, n_bands, precision)
+    elif backend == "tensorflow":
         import tensorflow as tf  # noqa: PLC0415
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, n_bands], tf.float32)])
-        def _fwd(x):
-            return model(x, training=False)
+        _fwd = _tf_function(model, n_bands)
 
         def run(x: np.ndarray) -> np.ndarray:
             return _fwd(tf.constant(x)).numpy()
@@ -334,6 +415,10 @@ def make_forward(model: Any, n_bands: int, head: str = "softmax") -> Callable[[n
         def run(x: np.ndarray) -> np.ndarray:
             return np.asarray(model.predict_on_batch(x))
 
+    return _with_head(run, head)
+
+
+def _with_head(run: Callable[[np.ndarray], np.ndarray], head: str) -> Callable[[np.ndarray], np.ndarray]:
     if head == "sigmoid":
         def run2(x: np.ndarray) -> np.ndarray:
             p = run(x).astype(np.float32)
@@ -343,6 +428,57 @@ def make_forward(model: Any, n_bands: int, head: str = "softmax") -> Callable[[n
     def run_softmax(x: np.ndarray) -> np.ndarray:
         return run(x).astype(np.float32, copy=False)
     return run_softmax
+
+
+def _tf_function(model: Any, n_bands: int):
+    """The model's inference as one ``tf.function`` open in batch and window size."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, n_bands], tf.float32)])
+    def fwd(x):
+        return model(x, training=False)
+    return fwd
+
+
+def _model_threads() -> int | None:
+    """The threads a model may use in this process: set per Dask worker through
+    ``TF_NUM_INTRAOP_THREADS`` (geoseg.distributed), else the runtime's own choice."""
+    v = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    return int(v) if v.isdigit() and int(v) > 0 else None
+
+
+def _openvino_forward(model: Any, n_bands: int, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The Keras model converted to OpenVINO (from its TensorFlow graph, shapes left
+    open) and compiled for this CPU: one infer request per calling thread."""
+    ov = _openvino()
+    if ov is None:
+        raise ConfigError("the OpenVINO runtime is not installed: pip install openvino (or use the keras "
+                          "runtime)", option="runtime")
+    if tensorflow_module() is None:
+        raise ConfigError(f"the OpenVINO runtime converts the model through TensorFlow; Keras runs on "
+                          f"{keras_module().backend.backend()} here: use the keras runtime", option="runtime")
+    try:
+        with _native_stderr_silenced():
+            converted = ov.convert_model(_tf_function(model, n_bands).get_concrete_function())
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
+                                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
+                                  # several processes on one machine (Dask workers) must not
+                                  # pin their threads onto the same cores
+                                  "ENABLE_CPU_PINNING": False}
+        threads = _model_threads()
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = ov.Core().compile_model(converted, "CPU", config)
+    except Exception as e:  # noqa: BLE001  (OpenVINO raises RuntimeError/OpConversionFailure/...)
+        raise ModelError(f"OpenVINO cannot compile this model ({one_line(e)}); use the keras runtime") from None
+    local = threading.local()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        req = getattr(local, "request", None)
+        if req is None:
+            req = local.request = compiled.create_infer_request()
+        return req.infer([np.ascontiguousarray(x, np.float32)])[0]
+    return run
 
 
 #: keras.applications encoders: constructor name and the layers whose outputs feed

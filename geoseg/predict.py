@@ -65,9 +65,7 @@ def resolve_model(model: Any, options: PredictOptions, forward: Forward | None =
     per-process cache of :func:`geoseg.model.load_forward`, so a model is loaded once."""
     from .model import ModelRef, forward_of, load_forward  # noqa: PLC0415  (Keras only when a model runs)
     if isinstance(model, ModelRef):
-        if model.tta != options.tta:
-            raise ConfigError(f"the model reference runs test-time augmentation {model.tta!r} but the options "
-                              f"ask for {options.tta!r}", option="tta")
+        _check_ref(model, options)
         meta = read_metadata(model.path)
     elif isinstance(model, (str, os.PathLike)):
         meta = read_metadata(model)
@@ -76,16 +74,39 @@ def resolve_model(model: Any, options: PredictOptions, forward: Forward | None =
     if forward is not None:
         return meta, lambda: tta_forward(forward, options.tta)
     if isinstance(model, (str, os.PathLike)):
-        model = ModelRef.of(model, options.tta)
+        model = ModelRef.of(model, options.tta, options.runtime, options.precision)
     if isinstance(model, ModelRef):
         return meta, lambda ref=model: load_forward(ref)
-    return meta, lambda: forward_of(model, options.tta)
+    return meta, lambda: forward_of(model, options.tta, options.runtime, options.precision)
 
 
-def output_tags(meta: ModelMeta, plan, options: PredictOptions) -> dict[str, str]:
-    """The GeoTIFF tags a run writes: the model, the tiling, and what the plan decided
-    about the input (its conversion to the model's units, its product level)."""
-    return {"GEOSEG_MODEL": meta.name, "GEOSEG_TILE_SIZE": str(plan.grid.tile),
+def _check_ref(ref: Any, options: PredictOptions) -> None:
+    """A model reference must run what the options ask for."""
+    if ref.tta != options.tta:
+        raise ConfigError(f"the model reference runs test-time augmentation {ref.tta!r} but the options "
+                          f"ask for {options.tta!r}", option="tta")
+    for name in ("runtime", "precision"):
+        if getattr(options, name) not in ("auto", getattr(ref, name)):
+            raise ConfigError(f"the model reference runs {name} {getattr(ref, name)!r} but the options "
+                              f"ask for {getattr(options, name)!r}", option=name)
+
+
+def runtime_label(model: Any, options: PredictOptions, forward: Forward | None = None) -> str:
+    """How the model runs, as the ``GEOSEG_RUNTIME`` tag says: ``"openvino float32"``,
+    ``"keras float32"``..., or ``"given forward"`` for a caller's forward function."""
+    from .model import ModelRef, resolve_runtime  # noqa: PLC0415  (no Keras import)
+    if forward is not None:
+        return "given forward"
+    if isinstance(model, ModelRef):
+        return f"{model.runtime} {model.precision}"
+    return " ".join(resolve_runtime(options.runtime, options.precision))
+
+
+def output_tags(meta: ModelMeta, plan, options: PredictOptions, runtime: str | None = None) -> dict[str, str]:
+    """The GeoTIFF tags a run writes: the model, how it ran, the tiling, and what the
+    plan decided about the input (its conversion to the model's units, its product level)."""
+    return {"GEOSEG_MODEL": meta.name, **({"GEOSEG_RUNTIME": runtime} if runtime else {}),
+            "GEOSEG_TILE_SIZE": str(plan.grid.tile),
             "GEOSEG_OVERLAP": str(plan.grid.overlap), "GEOSEG_BLEND": plan.blend, "GEOSEG_TTA": options.tta,
             **dict(plan.tags)}
 
@@ -167,10 +188,12 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
         reporter.total = len(plan.grid)
         reporter.report()
         fwd = get_forward() if client is None else None
+        runtime = runtime_label(ref if client is not None else model, options, forward)
         with ClassRasterWriter(resolved["output"], width=source.width, height=source.height, crs=source.crs,
                                transform=source.transform, block=plan.grid.block, classes=meta.classes,
                                pixel_areas=px, confidence_target=resolved.get("confidence output"),
-                               tags=output_tags(meta, plan, options), cog=cog, background=meta.background,
+                               tags=output_tags(meta, plan, options, runtime),
+                               cog=cog, background=meta.background,
                                creation_options=creation_options, overviews=overviews,
                                overwrite=overwrite) as sink:
             if client is None:
@@ -214,15 +237,13 @@ def cluster_model(model: Any, options: PredictOptions, forward: Forward | None =
         raise ConfigError("a forward function runs in this process only: give a model bundle to run on a cluster",
                           option="client")
     if isinstance(model, ModelRef):
-        if model.tta != options.tta:
-            raise ConfigError(f"the model reference runs test-time augmentation {model.tta!r} but the options "
-                              f"ask for {options.tta!r}", option="tta")
+        _check_ref(model, options)
         return model
     if isinstance(model, (str, os.PathLike)):
-        return ModelRef.of(model, options.tta)
+        return ModelRef.of(model, options.tta, options.runtime, options.precision)
     path = getattr(model, "path", None)
     if path and Path(path).is_file():
-        return ModelRef.of(path, options.tta)
+        return ModelRef.of(path, options.tta, options.runtime, options.precision)
     raise ConfigError("a model held in memory cannot be sent to a cluster: save it as a bundle "
                       "(geoseg.model.save_model) and give its path", option="client")
 
@@ -281,7 +302,7 @@ def predict_many(src_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
         model = cluster_model(model, options, forward)  # the cluster's workers share it
     elif isinstance(model, (str, os.PathLike)) and forward is None:
         from .model import ModelRef  # noqa: PLC0415
-        model = ModelRef.of(model, options.tta)  # hashed and compiled once for all inputs
+        model = ModelRef.of(model, options.tta, options.runtime, options.precision)  # hashed and compiled once for all inputs
     results = []
     failures: list[tuple[Path, GeosegError]] = []
     for p, dst, side in jobs:

@@ -51,6 +51,19 @@ Forward = Callable[[np.ndarray], np.ndarray]
 #: probabilities with smooth (sin²) weights.
 BLENDS = ("crop", "cosine")
 
+#: How the model's forward pass runs (:func:`geoseg.model.resolve_runtime`). "keras":
+#: the Keras model itself (TensorFlow's oneDNN kernels in a ``tf.function``, or
+#: ``jax.jit``). "openvino": the same TensorFlow graph converted to OpenVINO and compiled
+#: for this CPU: the same classes as Keras, faster (README "Benchmarks",
+#: bench/forward.py). "auto": OpenVINO where it is installed and Keras runs on
+#: TensorFlow, else Keras.
+RUNTIMES = ("auto", "openvino", "keras")
+#: "bfloat16" (OpenVINO only, on a CPU with native bfloat16 — AVX512_BF16 or AMX):
+#: matrix products in bfloat16, faster than float32, classes as float32's on >= 99.9 %
+#: of pixels (bench/forward.py measures both). "auto": bfloat16 where OpenVINO runs on
+#: such a CPU, else float32; "float32" gives Keras's own classes on every machine.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
 #: Test-time augmentation: the views of each window the model sees, as
 #: (flip rows, flip columns, swap rows and columns). "flip": the four flips (the
 #: identity, left-right, up-down, 180° rotation); "d4": the eight symmetries of the
@@ -143,6 +156,12 @@ class PredictOptions:
         mask_scl: the scene classification (SCL) classes of an L2A product made
             nodata (None: no data, saturated/defective, cloud shadow, medium/high cloud
             probability, cirrus — ``geoseg.sentinel2.DEFAULT_SCL_MASK``; () for none).
+        runtime: how the model runs (:data:`RUNTIMES`): ``"auto"`` (OpenVINO
+            where installed, else Keras), ``"openvino"`` or ``"keras"``.
+        precision: ``"float32"``, ``"bfloat16"`` (OpenVINO on a CPU with native
+            bfloat16: faster, classes as float32's on >= 99.9 % of pixels) or ``"auto"``
+            (bfloat16 where possible, else float32); the output's ``GEOSEG_RUNTIME`` tag
+            says which ran.
     """
 
     tile_size: int | None = None
@@ -159,6 +178,8 @@ class PredictOptions:
     src_nodata: float | tuple[float, ...] | None = None
     resample: str = "nearest"
     mask_scl: tuple[int, ...] | None = None
+    runtime: str = "auto"
+    precision: str = "auto"
 
     def product_options(self) -> dict[str, Any]:
         """What opening a Sentinel-2 product or STAC item takes from these options."""
@@ -181,6 +202,10 @@ class PredictOptions:
             raise ConfigError(f"blend must be one of {', '.join(BLENDS)}, got {self.blend!r}", option="blend")
         if not isinstance(self.prefetch, int) or self.prefetch < 1:
             raise ConfigError("prefetch must be at least 1", option="prefetch")
+        for name, allowed in (("runtime", RUNTIMES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}",
+                                  option=name)
         if self.tta not in TTA_VIEWS:
             raise ConfigError(f"tta must be one of {', '.join(TTA_VIEWS)}, got {self.tta!r}", option="tta")
         if self.bands is not None:

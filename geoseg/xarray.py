@@ -231,7 +231,7 @@ def _model_handle(model: Any, options: PredictOptions):
     from .predict import resolve_model  # noqa: PLC0415
     if isinstance(model, (str, os.PathLike)):
         from .model import ModelRef  # noqa: PLC0415
-        model = ModelRef.of(model, options.tta)
+        model = ModelRef.of(model, options.tta, options.runtime, options.precision)
     meta, get_forward = resolve_model(model, options)
     from .model import ModelRef  # noqa: PLC0415
     return meta, (model if isinstance(model, ModelRef) else get_forward())
@@ -305,8 +305,10 @@ def predict(da, model: Any, *, confidence: bool = False, nodata: float | Sequenc
         run_plan(plan, _forward(handle), sink.write, Reporter(None, None, total=len(plan.grid)), opts.prefetch)
         classes, conf = sink.classes, sink.confidence
     _, ydim, xdim = src.dims
-    from .predict import output_tags  # noqa: PLC0415
-    attrs = _class_attrs(meta.classes, meta.background, output_tags(meta, plan, opts))
+    from .model import ModelRef  # noqa: PLC0415
+    from .predict import output_tags, runtime_label  # noqa: PLC0415
+    runtime = runtime_label(handle if isinstance(handle, ModelRef) else model, opts)
+    attrs = _class_attrs(meta.classes, meta.background, output_tags(meta, plan, opts, runtime))
     coords = {d: da.coords[d] for d in (ydim, xdim) if d in da.coords}
     for name, c in da.coords.items():  # scalar coords (spatial_ref, time) travel along
         if name not in coords and not c.dims:

@@ -141,7 +141,7 @@ def test_tasks_through_the_sink_equal_predict_raster_byte_for_byte(scene, tmp_pa
         tasks = plan.tasks()
         results = {i: process_task(plan, t, tta_forward(fwd, tta)) for i, t in reversed(list(enumerate(tasks)))}
         from geoseg.predict import output_tags
-        tags = output_tags(meta, plan, opts)
+        tags = output_tags(meta, plan, opts, "given forward")
         with ClassRasterWriter(tmp_path / "tasks.tif", width=src.width, height=src.height, crs=src.crs,
                                transform=src.transform, block=plan.grid.block, classes=meta.classes,
                                pixel_areas=px, confidence_target=tmp_path / "tasks_conf.tif", tags=tags) as w:

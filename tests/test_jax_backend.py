@@ -60,13 +60,18 @@ def test_jax_only_environment_trains_predicts_and_evaluates(tmp_path):
     out_jax = tmp_path / "jax.tif"
     res = geoseg_jax("predict", bundle, SCENE, out_jax, "--tta", "flip", "--areas")
     assert res.returncode == 0, res.stderr[-3000:]
+    with rasterio.open(out_jax) as o:
+        assert o.tags()["GEOSEG_RUNTIME"] == "keras float32"  # auto: Keras on JAX
+    res = geoseg_jax("predict", bundle, SCENE, tmp_path / "ov.tif", "--runtime", "openvino")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "OpenVINO" in res.stderr.strip().splitlines()[-1] and not (tmp_path / "ov.tif").exists()
     res = geoseg_jax("evaluate", "--model", bundle, tmp_path / "chips/test/images", tmp_path / "chips/test/masks")
     assert res.returncode == 0, res.stderr[-3000:]
     assert 0 <= json.loads(res.stdout)["overall_accuracy"] <= 1
     # the bundle made on JAX segments the same under TensorFlow (this process)
     from geoseg.predict import PredictOptions, predict_raster
     out_tf = tmp_path / "tf.tif"
-    predict_raster(SCENE, out_tf, bundle, PredictOptions(tta="flip"))
+    predict_raster(SCENE, out_tf, bundle, PredictOptions(tta="flip", runtime="keras"))
     with rasterio.open(out_jax) as a, rasterio.open(out_tf) as b:
         ja, tb = a.read(1), b.read(1)
     assert ja.shape == tb.shape and np.mean(ja == tb) > 0.999
