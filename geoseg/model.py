@@ -28,7 +28,9 @@ from .bundle import MODEL_NAME, ModelMeta, read_bundle_member, read_metadata, wr
 from .errors import ConfigError, MissingDependencyError, ModelError, one_line
 
 __all__ = ["build_unet", "save_model", "load_model", "LoadedModel", "make_forward", "keras_module", "ModelRef",
-           "load_forward", "forward_of", "file_sha256", "resolve_runtime"]
+           "load_forward", "forward_of", "file_sha256", "resolve_runtime", "cache_dir"]
+
+log = logging.getLogger(__name__)
 
 _PRELOADED = False
 
@@ -314,8 +316,12 @@ def load_forward(ref: ModelRef) -> Callable[[np.ndarray], np.ndarray]:
             return _FORWARDS[ref]
         if file_sha256(Path(ref.path)) != ref.sha256:
             raise ModelError(f"{ref.path}: the bundle changed since this run started")
-        lm = load_model(ref.path)
         LOADS["count"] += 1
+        if ref.runtime == "openvino":
+            meta = read_metadata(ref.path)
+            run = _openvino_run(_openvino_model_of(ref, meta), ref.precision)
+            return _cache(ref, tta_forward(_with_head(run, meta.head), ref.tta))
+        lm = load_model(ref.path)
         return _cache(ref, tta_forward(make_forward(lm.keras_model, lm.meta.input.n_bands, lm.meta.head,
                                                     runtime=ref.runtime, precision=ref.precision), ref.tta))
 
@@ -448,8 +454,13 @@ def _model_threads() -> int | None:
 
 
 def _openvino_forward(model: Any, n_bands: int, precision: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The Keras model converted to OpenVINO (from its TensorFlow graph, shapes left
-    open) and compiled for this CPU: one infer request per calling thread."""
+    """The Keras model converted to OpenVINO and compiled for this CPU."""
+    return _openvino_run(_openvino_convert(model, n_bands), precision)
+
+
+def _openvino_convert(model: Any, n_bands: int):
+    """The Keras model as an OpenVINO model, converted from its TensorFlow graph with
+    batch and window sizes left open."""
     ov = _openvino()
     if ov is None:
         raise ConfigError("the OpenVINO runtime is not installed: pip install openvino (or use the keras "
@@ -459,17 +470,26 @@ def _openvino_forward(model: Any, n_bands: int, precision: str) -> Callable[[np.
                           f"{keras_module().backend.backend()} here: use the keras runtime", option="runtime")
     try:
         with _native_stderr_silenced():
-            converted = ov.convert_model(_tf_function(model, n_bands).get_concrete_function())
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
-                                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
-                                  # several processes on one machine (Dask workers) must not
-                                  # pin their threads onto the same cores
-                                  "ENABLE_CPU_PINNING": False}
-        threads = _model_threads()
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
+            return ov.convert_model(_tf_function(model, n_bands).get_concrete_function())
+    except Exception as e:  # noqa: BLE001  (OpenVINO raises OpConversionFailure and others)
+        raise ModelError(f"OpenVINO cannot convert this model ({one_line(e)}); use the keras runtime") from None
+
+
+def _openvino_run(converted: Any, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``converted`` compiled for this CPU in ``precision``: one infer request per
+    calling thread (dask's threaded scheduler calls a cached forward from several)."""
+    ov = _openvino()
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
+                              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
+                              # several processes on one machine (Dask workers) must not pin
+                              # their threads onto the same cores
+                              "ENABLE_CPU_PINNING": False}
+    threads = _model_threads()
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
         compiled = ov.Core().compile_model(converted, "CPU", config)
-    except Exception as e:  # noqa: BLE001  (OpenVINO raises RuntimeError/OpConversionFailure/...)
+    except Exception as e:  # noqa: BLE001
         raise ModelError(f"OpenVINO cannot compile this model ({one_line(e)}); use the keras runtime") from None
     local = threading.local()
 
@@ -479,6 +499,65 @@ def _openvino_forward(model: Any, n_bands: int, precision: str) -> Callable[[np.
             req = local.request = compiled.create_infer_request()
         return req.infer([np.ascontiguousarray(x, np.float32)])[0]
     return run
+
+
+def cache_dir() -> Path | None:
+    """Where geoseg keeps converted models between runs: ``GEOSEG_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/geoseg``, else ``~/.cache/geoseg``; ``GEOSEG_CACHE_DIR=off`` (or
+    empty) keeps none."""
+    v = os.environ.get("GEOSEG_CACHE_DIR")
+    if v is not None:
+        return Path(v) if v.strip() and v.strip().lower() != "off" else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "geoseg"
+
+
+def _ir_path(ref: ModelRef) -> Path | None:
+    d = cache_dir()
+    ov = _openvino()
+    if d is None or ov is None:
+        return None
+    version = ov.__version__.split("-")[0]
+    return d / "openvino" / f"{ref.sha256}-ov{version}.xml"
+
+
+def _openvino_model_of(ref: ModelRef, meta: ModelMeta):
+    """The bundle's OpenVINO model: from the cache (an IR named by the bundle's sha256
+    and OpenVINO's version: no TensorFlow import, no Keras load), else converted from
+    the Keras model and stored there for the next run (float32 weights, written
+    atomically; a cache that cannot be written or read is skipped, never an error)."""
+    ov = _openvino()
+    if ov is None:
+        raise ConfigError("the OpenVINO runtime is not installed: pip install openvino (or use the keras "
+                          "runtime)", option="runtime")
+    xml = _ir_path(ref)
+    want_out = 1 if meta.head == "sigmoid" else meta.n_classes
+    if xml is not None and xml.is_file():
+        try:
+            m = ov.Core().read_model(str(xml))
+            if (len(m.inputs) == 1 and len(m.outputs) == 1
+                    and m.inputs[0].get_partial_shape()[3].get_length() == meta.input.n_bands
+                    and m.outputs[0].get_partial_shape()[3].get_length() == want_out):
+                return m
+            log.debug("%s: not this model's shapes: converting again", xml)
+        except Exception as e:  # noqa: BLE001  (a damaged cache entry: convert again)
+            log.debug("%s: unreadable (%s): converting again", xml, one_line(e))
+    lm = load_model(ref.path)
+    converted = _openvino_convert(lm.keras_model, meta.input.n_bands)
+    if xml is not None:
+        tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.{threading.get_ident()}.xml")
+        try:
+            xml.parent.mkdir(parents=True, exist_ok=True)
+            ov.save_model(converted, str(tmp), compress_to_fp16=False)
+            os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))  # weights first: an .xml
+            os.replace(tmp, xml)                                           # seen has its .bin
+        except OSError as e:
+            log.debug("cannot keep the converted model in %s: %s", xml.parent, one_line(e))
+        finally:
+            for p in (tmp, tmp.with_suffix(".bin")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+    return converted
 
 
 #: keras.applications encoders: constructor name and the layers whose outputs feed

@@ -19,6 +19,14 @@ from rasterio.transform import from_origin  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# converted models (geoseg.model.cache_dir) go to a cache of this test session's own,
+# never the user's; subprocesses inherit it
+if "GEOSEG_CACHE_DIR" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+    import tempfile  # noqa: E402
+    os.environ["GEOSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="geoseg-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["GEOSEG_CACHE_DIR"], True)
 
 from geoseg.bundle import ClassInfo, InputSpec, ModelMeta  # noqa: E402
 from geoseg.model import LoadedModel  # noqa: E402

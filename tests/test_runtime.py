@@ -151,3 +151,49 @@ def test_cli_choices_and_errors(runner, tiny_bundle, rgb_byte, tmp_path, monkeyp
     assert not bad.exists()
     res = runner.invoke(cli, ["evaluate", str(out), str(out), "--precision", "float32"])
     assert res.exit_code == 2 and "give --model" in res.output
+
+
+CACHE_CHILD = r"""
+import json, sys
+import numpy as np
+import geoseg.model as gm
+f = gm.load_forward(gm.ModelRef.of(sys.argv[1], "none", "openvino", "float32"))
+x = np.random.default_rng(0).normal(size=(2, 64, 96, 6)).astype(np.float32)
+np.save(sys.argv[2], f(x))
+print(json.dumps({"tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules}))
+"""
+
+
+@needs_ov
+def test_the_converted_model_is_cached_and_the_next_process_skips_tensorflow(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    cache = tmp_path / "cache"
+
+    def child(name, cache_dir=cache):
+        env = {**os.environ, "GEOSEG_CACHE_DIR": str(cache_dir)}
+        r = subprocess.run([sys.executable, "-c", CACHE_CHILD, str(MODEL), str(tmp_path / name)], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1]), np.load(tmp_path / f"{name}.npy")
+
+    first, y1 = child("a")
+    assert first == {"tensorflow": True, "keras": True}  # converted from the Keras model
+    xml = list((cache / "openvino").glob("*.xml"))
+    assert [p.name.split("-")[0] for p in xml] == [gm.file_sha256(MODEL)]
+    assert xml[0].with_suffix(".bin").stat().st_size > 4 * 100_000  # float32 weights (122 k parameters)
+    assert not [p for p in (cache / "openvino").iterdir() if p.name.startswith(".")]  # no temporaries
+    second, y2 = child("b")
+    assert second == {"tensorflow": False, "keras": False}  # from the cache: no TensorFlow at all
+    assert np.array_equal(y1, y2)
+    # a damaged entry is converted again and replaced, with the same result
+    xml[0].write_text("<net>garbage")
+    third, y3 = child("c")
+    assert third["tensorflow"] and np.array_equal(y1, y3)
+    assert child("d")[0] == {"tensorflow": False, "keras": False}
+    # off: nothing kept
+    off, y5 = child("e", cache_dir="off")
+    assert off["tensorflow"] and np.array_equal(y1, y5)
+    assert not (tmp_path / "off").exists() and not list(tmp_path.glob("**/off"))

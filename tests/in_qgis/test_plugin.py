@@ -95,10 +95,12 @@ def test_metadata_and_provider(geoseg_plugin):
 
 
 def test_choices_match_the_core():
-    from geoseg.unit import BLENDS, TTA_VIEWS
+    from geoseg.unit import BLENDS, PRECISIONS, RUNTIMES, TTA_VIEWS
     from geoseg_qgis import algorithms
     assert list(algorithms.BLENDS) == list(BLENDS)
     assert list(algorithms.TTA) == list(TTA_VIEWS)
+    assert list(algorithms.RUNTIMES) == list(RUNTIMES)
+    assert list(algorithms.PRECISIONS) == list(PRECISIONS)
 
 
 def test_no_lambda_handed_to_qgis():
@@ -151,6 +153,7 @@ os._exit(0)
     ({}, []),
     ({"BLEND": 1, "TTA": 1, "OVERLAP": 48, "BATCH_SIZE": 3, "BANDS": "1,2,3,4,5,6"},
      ["--blend", "cosine", "--tta", "flip", "--overlap", "48", "--batch-size", "3", "--bands", "1,2,3,4,5,6"]),
+    ({"RUNTIME": 2, "PRECISION": 1}, ["--runtime", "keras", "--precision", "float32"]),
 ])
 def test_segment_equals_the_cli(geoseg_plugin, qgis_processing, geoseg_exe, tmp_path, options, cli_options):
     fb = Recorder()
@@ -162,6 +165,10 @@ def test_segment_equals_the_cli(geoseg_plugin, qgis_processing, geoseg_exe, tmp_
     assert sha(tmp_path / "q.tif") == sha(tmp_path / "c.tif")
     assert sha(tmp_path / "q_conf.tif") == sha(tmp_path / "c_confidence.tif")
     assert (tmp_path / "q.csv").read_text() == (tmp_path / "c_areas.csv").read_text()
+    if "RUNTIME" in options:
+        import rasterio
+        with rasterio.open(tmp_path / "q.tif") as o:
+            assert o.tags()["GEOSEG_RUNTIME"] == "keras float32"
     # progress: monotonic, reaches 100
     assert fb.values and fb.values == sorted(fb.values) and fb.values[-1] == 100
     assert any("water" in line for line in fb.infos)  # the area table in the log
