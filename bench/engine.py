@@ -2,11 +2,13 @@
 ceiling, bytes read, network pixels and start-up, all in one run on the bundled model.
 
     .venv/bin/python bench/engine.py [--size 4096] [--repeats 5] [--workdir DIR]
+                                     [--runtime auto|openvino|keras] [--precision auto|float32|bfloat16]
 
 Input: the bundled Sentinel-2 scene (real pixels) mirrored (``np.pad(mode="symmetric")``)
 out to size x size, written as a tiled 512 px deflate GeoTIFF (as tests/test_distributed.py
 builds its ``inputs``). Model: the bundled ``geoseg/data/s2_water.geoseg``; options: the
-engine's defaults (``PredictOptions()``). In this one process:
+engine's defaults (``PredictOptions()``, the runtime and precision as given: by default what
+``auto`` resolves to here, printed). In this one process:
 
 1. **predict ÷ bare forward.** A first ``predict_raster`` run (the warm-up) goes through a
    forward function that records every batch it is given: the *actual* normalised batches
@@ -26,9 +28,13 @@ engine's defaults (``PredictOptions()``). In this one process:
    /proc/self/io rchar, as bench/read_once.py counts; "plan" = make_plan's reads, "run" =
    run_plan's), and network pixels ÷ scene pixels (``input_pixels / (width * height)``).
 4. **Start-up**: ``geoseg predict MODEL tiny.tif out.tif`` (64 x 64 crop of the bundled
-   scene) in a fresh subprocess, and a split in another fresh subprocess: ``import
-   geoseg.model`` + ``keras_module()``, ``load_forward(ModelRef.of(model))``, the first
-   forward call (tracing), a ``predict_raster`` of the tiny input; median of 3, interleaved.
+   scene) in a fresh subprocess, with the converted-model cache warm (a cache of the
+   benchmark's own, filled first) and with none (``GEOSEG_CACHE_DIR=off``), and a split of
+   the warm case in another fresh subprocess: ``import geoseg.model, geoseg.predict``,
+   ``load_forward(ModelRef.of(model))``, the first forward call, a ``predict_raster`` of the
+   tiny input, and whether TensorFlow was imported; median of 3, interleaved.
+6. **CPU budget**: core-seconds per scene Mpx of the bare model and of the zero-cost engine;
+   with every core busy, predict ÷ bare cannot exceed model ÷ (model + engine).
 5. **The model-busy share** geoseg reports (``RunStats.model_seconds`` ÷ predict wall)
    beside the true ratio of item 1.
 
@@ -134,47 +140,58 @@ t0 = time.perf_counter()
 sys.path.insert(0, {root!r})
 import numpy as np
 import geoseg.model as gm
-gm.keras_module()
+from geoseg.predict import predict_raster
 t1 = time.perf_counter()
-fwd = gm.load_forward(gm.ModelRef.of({model!r}))
+fwd = gm.load_forward(gm.ModelRef.of({model!r}, "none", {runtime!r}, {precision!r}))
 t2 = time.perf_counter()
 fwd(np.zeros((1, 64, 64, 6), np.float32))
 t3 = time.perf_counter()
-from geoseg.predict import predict_raster
-predict_raster({tiny!r}, {out!r}, gm.ModelRef.of({model!r}), overwrite=True)
+predict_raster({tiny!r}, {out!r}, gm.ModelRef.of({model!r}, "none", {runtime!r}, {precision!r}), overwrite=True)
 t4 = time.perf_counter()
-print(json.dumps({{"import_keras": t1 - t0, "load_forward": t2 - t1, "first_call": t3 - t2,
-                  "predict_tiny": t4 - t3}}))
+print(json.dumps({{"import_geoseg": t1 - t0, "load_forward": t2 - t1, "first_call": t3 - t2,
+                  "predict_tiny": t4 - t3, "tensorflow_imported": float("tensorflow" in sys.modules)}}))
 """
 
 
-def startup(work: Path, repeats: int = 3) -> dict:
+def startup(work: Path, runtime: str, precision: str, repeats: int = 3) -> dict:
+    """Fresh processes: the CLI with the converted-model cache warm (a cache of this
+    benchmark's own, filled by a first run) and with no cache (``GEOSEG_CACHE_DIR=off``:
+    TensorFlow imported, the model loaded and converted), and a split of the warm case."""
     tiny = tiny_scene(work / "tiny64.tif")
     geoseg_exe = Path(sys.executable).parent / "geoseg"
-    cli_cmd = [str(geoseg_exe)] if geoseg_exe.exists() else [sys.executable, "-m", "cli"]
-    cli, split_wall, parts = [], [], {}
+    cli_cmd = [str(geoseg_exe)] if geoseg_exe.exists() else [sys.executable, "-m", "geoseg_cli.main"]
+    flags = ["--runtime", runtime, "--precision", precision]
+    warm_env = {**os.environ, "GEOSEG_CACHE_DIR": str(work / "model-cache")}
+    cold_env = {**os.environ, "GEOSEG_CACHE_DIR": "off"}
+    subprocess.run(cli_cmd + ["predict", str(MODEL), str(tiny), str(work / "tiny_fill.tif"), "--overwrite", *flags],
+                   capture_output=True, env=warm_env, check=True)
+    cli, cold, split_wall, parts = [], [], [], {}
     for i in range(repeats):
-        out = work / f"tiny_out_{i}.tif"
-        for p in (out, out.with_suffix(".qml")):
-            p.unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        r = subprocess.run(cli_cmd + ["predict", str(MODEL), str(tiny), str(out)], capture_output=True, text=True,
-                           cwd=ROOT, check=False)
-        cli.append(time.perf_counter() - t0)
-        if r.returncode != 0:
-            raise SystemExit(f"geoseg predict failed: {r.stderr[-2000:]}")
+        for env, times in ((warm_env, cli), (cold_env, cold)):
+            out = work / f"tiny_out_{i}.tif"
+            for p in (out, out.with_suffix(".qml")):
+                p.unlink(missing_ok=True)
+            t0 = time.perf_counter()
+            r = subprocess.run(cli_cmd + ["predict", str(MODEL), str(tiny), str(out), *flags], capture_output=True,
+                               text=True, cwd=ROOT, env=env, check=False)
+            times.append(time.perf_counter() - t0)
+            if r.returncode != 0:
+                raise SystemExit(f"geoseg predict failed: {r.stderr[-2000:]}")
         code = SPLIT_CHILD.format(root=str(ROOT), model=str(MODEL), tiny=str(tiny),
-                                  out=str(work / f"tiny_split_{i}.tif"))
+                                  out=str(work / f"tiny_split_{i}.tif"), runtime=runtime, precision=precision)
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=warm_env, check=False)
         split_wall.append(time.perf_counter() - t0)
         if r.returncode != 0:
             raise SystemExit(f"start-up split failed: {r.stderr[-2000:]}")
         d = json.loads(r.stdout.strip().splitlines()[-1])
+        tf_imported = d.pop("tensorflow_imported")
         d["interpreter_and_exit"] = split_wall[-1] - sum(d.values())
+        d["tensorflow_imported"] = tf_imported
         for k, v in d.items():
             parts.setdefault(k, []).append(v)
-    return {"cli_wall": stat(cli), "split_wall": stat(split_wall), "parts": {k: stat(v) for k, v in parts.items()}}
+    return {"cli_wall": stat(cli), "cli_wall_no_cache": stat(cold), "split_wall": stat(split_wall),
+            "parts": {k: stat(v) for k, v in parts.items()}}
 
 
 def main() -> None:
@@ -187,6 +204,8 @@ def main() -> None:
     ap.add_argument("--capture-mb", type=float, default=2048,
                     help="the most memory the recorded real batches may take")
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up subprocesses")
+    ap.add_argument("--runtime", default="auto", help="geoseg.unit.RUNTIMES (default auto)")
+    ap.add_argument("--precision", default="auto", help="geoseg.unit.PRECISIONS (default auto)")
     a = ap.parse_args()
     work = Path(a.workdir or tempfile.mkdtemp(prefix="geoseg-bench-engine-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -202,7 +221,7 @@ def main() -> None:
     from geoseg.predict import PredictOptions, predict_raster
 
     meta = read_metadata(MODEL)
-    options = PredictOptions()
+    options = PredictOptions(runtime=a.runtime, precision=a.precision)
     expected, plan = plan_schedule(src, meta, options)
     k_out = 2 if meta.head == "sigmoid" else meta.n_classes
 
@@ -222,7 +241,8 @@ def main() -> None:
         return run
     gp.make_plan, gp.run_plan = counted("plan", gp.make_plan), counted("run", gp.run_plan)
 
-    fwd = load_forward(ModelRef.of(MODEL))
+    ref = ModelRef.of(MODEL, "none", a.runtime, a.precision)
+    fwd = load_forward(ref)
 
     # warm-up and capture: the real normalised batches, in schedule order
     limit = a.capture_mb * 2**20
@@ -341,12 +361,22 @@ def main() -> None:
         "predict_other_s": stat([p["wall"] - p["read"]["plan_s"] - p["read"]["run_s"] for p in P]),
         "zero_plan_s": stat([z["read"]["plan_s"] for z in Z]),
         "warmup_predict_s": t_warm,
+        "runtime": f"{ref.runtime} {ref.precision}",
+        # CPU budget: core-seconds per scene Mpx of the model (bare) and of the engine
+        # (zero-cost run); on a machine whose cores both are busy, predict ÷ bare can
+        # reach at most model ÷ (model + engine)
+        "model_cpu_s_per_scene_mpx": stat([b["cpu"] / mpx for b in B]),
+        "engine_cpu_s_per_scene_mpx": stat([z["cpu"] / mpx for z in Z]),
     }
+    figs["ratio_bound_from_cpu"] = (figs["model_cpu_s_per_scene_mpx"]["median"]
+                                    / (figs["model_cpu_s_per_scene_mpx"]["median"]
+                                       + figs["engine_cpu_s_per_scene_mpx"]["median"]))
     if not a.no_startup:
-        figs["startup"] = startup(work)
+        figs["startup"] = startup(work, a.runtime, a.precision)
     figs["total_s"] = time.perf_counter() - t_all
 
     print()
+    print(f"runtime: {figs['runtime']}")
     print(f"bundled water model, real pixels (bundled scene mirrored to {a.size}², {a.interleave}-interleaved, "
           f"tiled 512 deflate, {figs['file_mb']:.1f} MB), PredictOptions(): window {plan.grid.tile}, overlap "
           f"{plan.grid.overlap}, batch {plan.batch_size}; {len(shapes)} batches, {n_windows} windows "
@@ -361,6 +391,10 @@ def main() -> None:
          (f"{figs['bare_cpu_per_wall']['median']:.2f} / {figs['predict_cpu_per_wall']['median']:.2f} / "
           f"{figs['zero_cpu_per_wall']['median']:.2f}")),
         ("  predict CPU s beyond the bare forward's", fmt(figs["predict_cpu_extra_s"], ".2f")),
+        ("  CPU s per scene Mpx: model (bare) / engine (zero-cost)",
+         f"{figs['model_cpu_s_per_scene_mpx']['median']:.3f} / {figs['engine_cpu_s_per_scene_mpx']['median']:.3f}"),
+        ("  bound on predict ÷ bare from that budget: model ÷ (model + engine)",
+         f"{figs['ratio_bound_from_cpu']:.3f}"),
         ("engine ceiling (zero-cost model) scene Mpx/s", fmt(figs["zero_scene_mpx_s"], ".2f")),
         ("  ceiling ÷ real predict (goal >= 10)", fmt(ceil_ratio, ".2f")),
         ("bytes read ÷ file bytes, predict (goal <= 1.05)", fmt(figs["bytes_read_over_file"])),
@@ -378,7 +412,9 @@ def main() -> None:
     ]
     if "startup" in figs:
         st = figs["startup"]
-        rowsfmt.append(("start-up: `geoseg predict` 64² input, fresh process (s)", fmt(st["cli_wall"], ".2f")))
+        rowsfmt.append(("start-up: `geoseg predict` 64² input, fresh process, model cache warm (s)",
+                        fmt(st["cli_wall"], ".2f")))
+        rowsfmt.append(("  the same with no model cache (GEOSEG_CACHE_DIR=off) (s)", fmt(st["cli_wall_no_cache"], ".2f")))
         rowsfmt.append(("  split (s): " + " + ".join(st["parts"]), " + ".join(
             f"{v['median']:.2f}" for v in st["parts"].values()) + f" = {st['split_wall']['median']:.2f}"))
     w = max(len(r[0]) for r in rowsfmt)

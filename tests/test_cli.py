@@ -776,6 +776,7 @@ def test_progress_bar_appears_before_the_model_loads(tiny_bundle, rgb_byte, tmp_
     pid, fd = pty.fork()
     if pid == 0:  # child: stderr and stdout are the terminal
         os.environ.update(_env())
+        os.environ["GEOSEG_CACHE_DIR"] = "off"  # TensorFlow loads (a cached model starts in ~0.5 s)
         os.execv(sys.executable, cmd)
     seen, first = b"", None
     while True:
