@@ -353,3 +353,20 @@ def test_no_raw_gdal_messages_on_stderr(tmp_path, capfd):
     class_areas(tmp_path / "o.tif")
     err = capfd.readouterr().err
     assert "Warning 1" not in err and "ERROR 1" not in err, err
+
+
+@pytest.mark.parametrize("k", [2, 3, 7, 40])
+def test_winning_class_is_numpy_argmax_and_max_exactly(k):
+    """The merge's plane-wise argmax: NumPy's values, ties to the lower index, NaN
+    pixels as NumPy treats them, on a strided view as the merge passes it."""
+    from geoseg.unit import winning_class
+    rng = np.random.default_rng(k)
+    p = rng.random((2, 70, 90, k)).astype(np.float32).round(1)[1, 3:67, 5:85]  # many ties
+    idx, top = winning_class(p)
+    assert np.array_equal(idx, np.argmax(p, axis=-1)) and np.array_equal(top, p.max(axis=-1))
+    q = p.copy()
+    q[0, 0, k - 1] = np.nan
+    q[1, 1, 0] = np.nan
+    idx, top = winning_class(q)
+    assert np.array_equal(idx, np.argmax(q, axis=-1))
+    assert np.array_equal(top, q.max(axis=-1), equal_nan=True)
