@@ -53,6 +53,9 @@ class PredictResult:
     areas_csv: Path | None = None
     preview: Path | None = None
     seconds: float = 0.0
+    #: wall time inside the forward calls. Not the engine's overhead: on a machine whose
+    #: cores the reader and writer threads share, the model's own calls run slower inside
+    #: a run than alone (bench/engine.py measures predict ÷ bare forward instead)
     model_seconds: float = 0.0
     input_pixels: int = 0      # pixels the network looked at (sum of the run windows)
     batches: int = 0
