@@ -33,7 +33,7 @@ from .output import ClassRasterWriter, check_creation_options, check_output_path
 from .pipeline import run_plan
 from .progress import CancelFn, ProgressFn, Reporter
 from .sources import CLASS_NODATA, ArraySource, Source, is_plain_path, open_source
-from .unit import Forward, PredictOptions, UnitResult, make_plan, tta_forward
+from .unit import Forward, PredictOptions, UnitResult, make_plan, release_sample, tta_forward
 
 __all__ = ["PredictOptions", "PredictResult", "predict_raster", "predict_many", "predict_array", "sidecar_paths",
            "resolve_model", "output_tags", "cluster_model", "ArraySink"]
@@ -185,8 +185,10 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
     reporter = Reporter(progress, is_cancelled)
     reporter.check()
     source = open_source(src, **options.product_options())
+    plan = None
     try:
-        plan = make_plan(source, meta, options)
+        # a local run takes the blocks the plan's checks decoded instead of decoding them again
+        plan = make_plan(source, meta, options, keep_sample=client is None)
         px = pixel_areas(source.crs, source.transform, source.width, source.height, warn=areas_path is not None)
         reporter.total = len(plan.grid)
         reporter.report()
@@ -222,6 +224,8 @@ def predict_raster(src: Any, dst_path: str | os.PathLike, model: Any,
             reporter.check()
             sink.commit()
     finally:
+        if plan is not None:
+            release_sample(plan)
         if source is not src:
             source.close()
     return PredictResult(

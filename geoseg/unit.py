@@ -22,9 +22,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
+import threading
 import warnings
 from collections import deque
 from dataclasses import dataclass, replace
@@ -35,12 +37,14 @@ import numpy as np
 
 from .bundle import InputSpec, ModelMeta
 from .errors import ConfigError, InputLevelWarning, PixelSizeWarning, RasterError, UndeclaredNodataWarning
-from .sources import CLASS_NODATA, Source, is_georeferenced, owned_source, read_rect, resolve_bands
+from .sources import (CLASS_NODATA, RasterSource, Source, is_georeferenced, owned_source, read_rect, reflect_pad,
+                      resolve_bands)
 from .windows import Grid, Rect, Unit, make_grid, validate_tiling
 
 log = logging.getLogger("geoseg")
 
-__all__ = ["Forward", "BLENDS", "TTA_VIEWS", "PredictOptions", "Plan", "make_plan", "input_gain_bias",
+__all__ = ["Forward", "BLENDS", "TTA_VIEWS", "PredictOptions", "Plan", "make_plan", "release_sample",
+           "read_unit_rect", "input_gain_bias",
            "UnitInput", "UnitResult", "read_unit", "blend_weights", "merge_unit", "tta_forward", "Batcher",
            "process_task", "default_window", "default_batch", "sample_rects"]
 
@@ -241,6 +245,7 @@ class Plan:
     batch_size: int
     src_nodata: tuple[float, ...] | None = None   # per plan band; None: the input's own nodata
     tags: tuple[tuple[str, str], ...] = ()        # what the plan decided, for the output's tags
+    kept: int | None = None  # this process's key of the sample blocks kept for the run (make_plan)
 
     def tasks(self) -> list[tuple[Unit, ...]]:
         """The schedule's tasks: the units of each row of output blocks, in order."""
@@ -324,8 +329,14 @@ def default_batch(meta: ModelMeta, tile: int) -> int:
     return max(1, round(BATCH_CHIPS * meta.tile_size ** 2 / (tile * tile)))
 
 
-def make_plan(src: Source, meta: ModelMeta, options: PredictOptions) -> Plan:
-    """The plan of a run over the open source ``src`` (see :class:`Plan`)."""
+def make_plan(src: Source, meta: ModelMeta, options: PredictOptions, *, keep_sample: bool = False) -> Plan:
+    """The plan of a run over the open source ``src`` (see :class:`Plan`).
+
+    ``keep_sample``: a run in this process will read the plan's windows (not a
+    cluster's workers): the input blocks the plan's checks decoded are kept for that
+    run's reader to take instead of decoding them again (:func:`read_unit_rect`; a
+    compressed GeoTIFF only, at most :data:`KEEP_SAMPLE_BYTES`), until it has read them
+    or :func:`release_sample` is called."""
     tile = options.tile_size or default_window(meta)
     overlap = meta.overlap if options.overlap is None else options.overlap
     batch_size = options.batch_size or default_batch(meta, tile)
@@ -363,9 +374,10 @@ def make_plan(src: Source, meta: ModelMeta, options: PredictOptions) -> Plan:
             warnings.warn(f"{src.name} is a {level} product but the model was trained on {want}: results may "
                           "be poor", InputLevelWarning, stacklevel=2)
             tags.append(("GEOSEG_LEVEL_MISMATCH", f"input {level}, model {want}"))
+    kept = _keep(sample, grid, src) if keep_sample else None
     return Plan(src.spec, tuple(bands), masked, grid, gain, bias,
                 np.array([c.id for c in meta.classes], dtype=np.uint8), options.blend, options.confidence,
-                batch_size, src_nodata, tuple(tags))
+                batch_size, src_nodata, tuple(tags), kept)
 
 
 def _per_band(v: float | tuple[float, ...] | None, n: int, option: str) -> tuple[float, ...] | None:
@@ -389,16 +401,23 @@ def sample_rects(src: Source, n: int = SAMPLE_LATTICE) -> list[Rect]:
     decodes each of them once and no other: the input's own blocks (GDAL's tiles, a
     dask array's chunks), else 256 px squares; whole-width strips shorter than 256 rows
     are stacked to 256 rows."""
-    bh, bw = getattr(src, "block_shape", None) or (256, 256)
-    bh, bw = max(1, min(int(bh), src.height)), max(1, min(int(bw), src.width))
-    if bh < 256 and bw == src.width:  # whole-width strips: enough of them for a 256-row sample
-        bh = min(src.height, -(-256 // bh) * bh)
+    bh, bw = _sample_block(src)
     rows = -(-src.height // bh)
     cols = -(-src.width // bw)
     pick_r = np.unique(np.linspace(0, rows - 1, min(n, rows)).round().astype(int))
     pick_c = np.unique(np.linspace(0, cols - 1, min(n, cols)).round().astype(int))
     return [Rect(int(c) * bw, int(r) * bh, min(bw, src.width - int(c) * bw), min(bh, src.height - int(r) * bh))
             for r in pick_r for c in pick_c]
+
+
+def _sample_block(src: Source) -> tuple[int, int]:
+    """The (rows, cols) of the lattice's blocks: the input's own blocks, else 256 px
+    squares; whole-width strips shorter than 256 rows stacked to 256 rows."""
+    bh, bw = getattr(src, "block_shape", None) or (256, 256)
+    bh, bw = max(1, min(int(bh), src.height)), max(1, min(int(bw), src.width))
+    if bh < 256 and bw == src.width:  # whole-width strips: enough of them for a 256-row sample
+        bh = min(src.height, -(-256 // bh) * bh)
+    return bh, bw
 
 
 class _Sample:
@@ -409,11 +428,15 @@ class _Sample:
     def __init__(self, src: Source, bands: list[int]):
         self.src, self.bands = src, bands
         self._data = None
+        #: the blocks read, ``(rect, data (bands, h, w) float32, valid (h, w))``
+        self.parts: list[tuple[Rect, np.ndarray, np.ndarray]] | None = None
 
     def get(self) -> tuple[np.ndarray, np.ndarray]:
         """``(data (bands, 1, n) float32, valid (1, n))`` of the sampled pixels."""
         if self._data is None:
-            parts = [self.src.read(self.bands, r, True) for r in sample_rects(self.src)]
+            rects = sample_rects(self.src)
+            parts = [self.src.read(self.bands, r, True) for r in rects]
+            self.parts = [(r, d, v) for r, (d, v) in zip(rects, parts)]
             data = np.concatenate([d.reshape(len(self.bands), -1) for d, _ in parts], axis=1)[:, None, :]
             valid = np.concatenate([v.reshape(-1) for _, v in parts])[None, :]
             self._data = (data, valid)
@@ -426,6 +449,108 @@ class _Sample:
             warnings.warn(f"{self.src.name}: {100 * zero:.0f} % of the scene is 0 in every band and no nodata is "
                           "declared: those pixels are classified and counted; declare src_nodata=0 if they hold "
                           "no data", UndeclaredNodataWarning, stacklevel=3)
+
+
+#: The most a local run keeps of the blocks its plan's checks decoded (bytes, held in
+#: the input's own integer type where it has one): 16 blocks of 512 px x 6 uint16 bands
+#: are 48 MB.
+KEEP_SAMPLE_BYTES = 96 << 20
+
+
+class _Kept:
+    """Sample blocks kept for a run's reader: ``rect -> [data, valid, reads left]``."""
+
+    def __init__(self, block: tuple[int, int], blocks: dict[Rect, list]):
+        self.block = block
+        self.blocks = blocks
+
+
+_KEPT: dict[int, _Kept] = {}
+_KEPT_LOCK = threading.Lock()
+_KEPT_KEYS = itertools.count(1)
+
+
+def _keep(sample: _Sample, grid: Grid, src: Source) -> int | None:
+    """Keep the blocks ``sample`` decoded, where taking them from memory gives the run
+    exactly what reading the file would (a GeoTIFF read by windows, no resampling) and
+    saves decoding them again (a compressed one); each with the number of unit reads
+    that will take a piece of it."""
+    ds = getattr(src, "ds", None)
+    if (sample.parts is None or not isinstance(src, RasterSource) or ds is None or ds.driver != "GTiff"
+            or ds.compression is None):
+        return None
+    dts = {np.dtype(src.dtypes[b - 1]) for b in sample.bands}
+    dt = dts.pop() if len(dts) == 1 else np.dtype(np.float32)
+    if not (np.issubdtype(dt, np.integer) and dt.itemsize <= 2):
+        dt = np.dtype(np.float32)  # float32 holds every value of these exactly
+    if sum(d.size * dt.itemsize + v.size for _, d, v in sample.parts) > KEEP_SAMPLE_BYTES:
+        return None
+    image = Rect(0, 0, src.width, src.height)
+    reads = dict.fromkeys((r for r, _, _ in sample.parts), 0)
+    for u in grid.units:
+        inside = u.read_rect.intersection(image)
+        for r in reads:
+            if inside is not None and inside.intersection(r) is not None:
+                reads[r] += 1
+    blocks = {r: [d.astype(dt) if dt != d.dtype else d, v, reads[r]] for r, d, v in sample.parts if reads[r]}
+    if not blocks:
+        return None
+    key = next(_KEPT_KEYS)
+    with _KEPT_LOCK:
+        _KEPT[key] = _Kept(_sample_block(src), blocks)
+    return key
+
+
+def release_sample(plan: Plan) -> None:
+    """Drop what :func:`make_plan` kept for ``plan``'s run (at its end, whatever happened)."""
+    if plan.kept is not None:
+        with _KEPT_LOCK:
+            _KEPT.pop(plan.kept, None)
+
+
+def read_unit_rect(src: Source, plan: Plan, rect: Rect) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`geoseg.sources.read_rect` of a unit's window ``rect``, taking the pieces
+    that lie in blocks the plan kept from memory (the same values: a kept block is
+    what reading it gives) and reading the rest block by block; a kept block is
+    dropped once the last unit that reads it has."""
+    kept = _KEPT.get(plan.kept) if plan.kept is not None else None
+    image = Rect(0, 0, src.width, src.height)
+    inside = rect.intersection(image)
+    hits = []
+    if kept is not None and inside is not None:
+        with _KEPT_LOCK:
+            hits = [r for r in kept.blocks if inside.intersection(r) is not None]
+    if not hits:
+        return read_rect(src, plan.bands, rect, plan.masked)
+    bh, bw = kept.block
+    data = np.empty((len(plan.bands), inside.height, inside.width), np.float32)
+    valid = np.empty((inside.height, inside.width), bool)
+    for r0 in range(inside.row // bh * bh, inside.row + inside.height, bh):
+        for c0 in range(inside.col // bw * bw, inside.col + inside.width, bw):
+            block = Rect(c0, r0, min(bw, src.width - c0), min(bh, src.height - r0))
+            cell = block.intersection(inside)
+            dst = cell.slices(inside)
+            with _KEPT_LOCK:
+                entry = kept.blocks.get(block)
+            if entry is not None:
+                at = cell.slices(block)
+                data[(slice(None),) + dst] = entry[0][(slice(None),) + at]
+                valid[dst] = entry[1][at] if plan.masked else True
+            else:
+                d, v = src.read(plan.bands, cell, plan.masked)
+                data[(slice(None),) + dst] = d
+                valid[dst] = v
+    with _KEPT_LOCK:
+        for r in hits:
+            entry = kept.blocks.get(r)
+            if entry is not None:
+                entry[2] -= 1
+                if entry[2] <= 0:
+                    del kept.blocks[r]
+    if inside != rect:  # only ever overhangs right/bottom, as read_rect
+        pr, pc = rect.height - inside.height, rect.width - inside.width
+        data, valid = reflect_pad(data, pr, pc), reflect_pad(valid, pr, pc)
+    return data, valid
 
 
 def input_conversion(src: Source, meta: ModelMeta, bands: Sequence[int], options: PredictOptions,
@@ -518,7 +643,7 @@ def read_unit(src: Source, unit: Unit, plan: Plan) -> UnitInput:
     Nodata pixels enter the model as 0 (the normalised mean), so a nodata value such
     as -9999 never leaks into valid neighbours through the receptive field."""
     rect = unit.read_rect
-    data, valid = read_rect(src, plan.bands, rect, plan.masked)
+    data, valid = read_unit_rect(src, plan, rect)
     if plan.src_nodata is not None:  # the declared values replace the input's own (GDAL's all-bands rule)
         valid = ~np.all([data[k] == v for k, v in enumerate(plan.src_nodata)], axis=0)
         valid &= np.all(np.isfinite(data), axis=0)

@@ -8,7 +8,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from conftest import make_meta, threshold_forward
+from conftest import box_forward, make_meta, threshold_forward
 from geoseg.errors import Cancelled, ConfigError, OutputExistsError, RasterError
 from geoseg.model import LoadedModel
 from geoseg.predict import PredictOptions, predict_raster
@@ -666,6 +666,64 @@ def test_each_compressed_input_byte_is_read_once_per_pass(tmp_path, monkeypatch)
     size = big.stat().st_size
     assert phase["run"] / size <= 1.05, phase
     assert phase["plan"] / size <= 1.05, phase
+    # and the blocks the plan's checks decoded are not read again: the file once in all
+    assert (phase["plan"] + phase["run"]) / size <= 1.05, phase
+    assert phase["plan"] / size > 0.2  # (the checks did read their 16 blocks of the 49)
+
+
+@pytest.mark.parametrize("dtype,blend", [("uint16", "crop"), ("uint16", "cosine"), ("float32", "crop")])
+def test_kept_sample_blocks_give_the_same_bytes_and_are_released(tmp_path, monkeypatch, dtype, blend):
+    """The run takes the blocks the plan's checks decoded from memory instead of the
+    file: the outputs are byte for byte those of reading them (masks, NaN, the
+    overhang reflected), and nothing stays kept after the run, nor after a failed one."""
+    import hashlib
+
+    import rasterio
+    from rasterio.transform import from_origin
+
+    import geoseg.unit as gu
+    rng = np.random.default_rng(3)
+    size = (700, 900)
+    a = rng.integers(200, 1200, (6,) + size).astype(dtype)
+    nodata = 0 if dtype == "uint16" else None
+    a[:, 100:260, 300:700] = 0 if dtype == "uint16" else np.nan  # a hole across blocks
+    path = tmp_path / "in.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=size[1], height=size[0], count=6, dtype=dtype,
+                       crs="EPSG:32651", transform=from_origin(300000, 3500000, 10, 10), tiled=True,
+                       blockxsize=128, blockysize=128, compress="deflate", nodata=nodata) as o:
+        o.write(a)
+    from dataclasses import replace
+    meta = make_meta(n_bands=6, tile=64, overlap=16, multiple=4, scale=1e-4)
+    # Sentinel-2 band names: a reflectance model, whose radiometry check reads the sample
+    meta = replace(meta, input=replace(meta.input, bands=("B2", "B3", "B4", "B8", "B11", "B12")))
+    assert meta.input.physical_units == "reflectance"
+    model6 = LoadedModel(meta, None)
+    fwd = box_forward(threshold=0.07)
+    opts = PredictOptions(blend=blend, confidence=True, tile_size=96)
+    outs = {}
+    taken = []
+    real = gu.read_unit_rect
+
+    def spy(src, plan, rect):
+        taken.append(plan.kept is not None and plan.kept in gu._KEPT and bool(gu._KEPT[plan.kept].blocks))
+        return real(src, plan, rect)
+    monkeypatch.setattr(gu, "read_unit_rect", spy)
+    for keep in (True, False):
+        monkeypatch.setattr(gu, "KEEP_SAMPLE_BYTES", 96 << 20 if keep else 0)
+        taken.clear()
+        out = tmp_path / f"{keep}.tif"
+        predict_raster(path, out, model6, opts, forward=fwd, confidence_path=tmp_path / f"{keep}_c.tif")
+        assert any(taken) == keep
+        outs[keep] = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (out, tmp_path / f"{keep}_c.tif")]
+        assert gu._KEPT == {}
+    assert outs[True] == outs[False]
+    monkeypatch.setattr(gu, "KEEP_SAMPLE_BYTES", 96 << 20)
+
+    def broken(x):
+        raise RuntimeError("model failed")
+    with pytest.raises(RuntimeError, match="model failed"):
+        predict_raster(path, tmp_path / "x.tif", model6, opts, forward=broken)
+    assert gu._KEPT == {} and not (tmp_path / "x.tif").exists()
 
 
 def test_default_window_is_twice_the_chip_and_the_batch_keeps_its_pixels(monkeypatch):
