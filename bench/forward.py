@@ -43,11 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine import MODEL, real_scene  # noqa: E402  (the same scene as bench/engine.py)
-
-
-def stat(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+from engine import MODEL, real_scene, stat  # noqa: E402  (the same scene and figures as bench/engine.py)
 
 
 def model_flops(keras_model, n_bands: int, side: int = 512) -> float:

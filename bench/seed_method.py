@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine import MODEL, SCENE  # noqa: E402
+from engine import MODEL, SCENE, stat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUTH = ROOT / "geoseg" / "data" / "s2_shanghai_truth.tif"
@@ -163,8 +163,8 @@ def main() -> None:
             with rasterio.open(work / f"{size}_{i}.tif") as o:
                 iou = water_iou(o.read(1), truth)
             med = statistics.median(walls[name])
-            figs["sizes"][label][name] = {"wall_s": {"median": med, "min": min(walls[name]), "max": max(walls[name])},
-                                          "over_geoseg_default": med / geo, "water_iou": iou}
+            figs["sizes"][label][name] = {"wall_s": stat(walls[name]), "over_geoseg_default": med / geo,
+                                          "water_iou": iou}
             print(f"  {name:<34} {med:7.2f} s [{min(walls[name]):.2f}–{max(walls[name]):.2f}]  "
                   f"{med / geo:5.2f}x geoseg's time   water IoU {iou:.3f}")
     print(json.dumps(figs))
