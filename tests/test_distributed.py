@@ -266,7 +266,10 @@ def test_cli_interrupt_with_workers_leaves_nothing(inputs, tmp_path, sig):
     out = tmp_path / "out"
     out.mkdir()
     p = subprocess.Popen([str(GEOSEG), "--progress", "jsonl", "predict", str(BUNDLED), str(inputs["big"]),
-                          str(out / "c.tif"), "--areas", "--workers", "2", "--tta", "d4"],  # d4: slow enough
+                          str(out / "c.tif"), "--areas", "--workers", "2", "--tta", "d4",
+                          # slow enough that the signal comes mid-run (OpenVINO bfloat16 ran
+                          # the 512-px default windows to the end before it came)
+                          "--runtime", "keras", "--tile-size", "256"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in p.stdout:  # the first written block row: the cluster is up and working
