@@ -335,8 +335,9 @@ def make_plan(src: Source, meta: ModelMeta, options: PredictOptions, *, keep_sam
     ``keep_sample``: a run in this process will read the plan's windows (not a
     cluster's workers): the input blocks the plan's checks decoded are kept for that
     run's reader to take instead of decoding them again (:func:`read_unit_rect`; a
-    compressed GeoTIFF only, at most :data:`KEEP_SAMPLE_BYTES`), until it has read them
-    or :func:`release_sample` is called."""
+    compressed GeoTIFF only, at most :data:`KEEP_SAMPLE_BYTES`, where they are more than
+    :data:`KEEP_SAMPLE_SHARE` of its blocks), until it has read them or
+    :func:`release_sample` is called."""
     tile = options.tile_size or default_window(meta)
     overlap = meta.overlap if options.overlap is None else options.overlap
     batch_size = options.batch_size or default_batch(meta, tile)
@@ -455,6 +456,10 @@ class _Sample:
 #: the input's own integer type where it has one): 16 blocks of 512 px x 6 uint16 bands
 #: are 48 MB.
 KEEP_SAMPLE_BYTES = 96 << 20
+#: ... and only where decoding them again would cost more than this share of the
+#: file's blocks (16 of 64 blocks at 4096² in 512 px tiles: kept; 16 of 484 in a
+#: Sentinel-2 tile: read again, 3 % more decoding rather than 48 MB held all run).
+KEEP_SAMPLE_SHARE = 0.04
 
 
 class _Kept:
@@ -483,7 +488,10 @@ def _keep(sample: _Sample, grid: Grid, src: Source) -> int | None:
     dt = dts.pop() if len(dts) == 1 else np.dtype(np.float32)
     if not (np.issubdtype(dt, np.integer) and dt.itemsize <= 2):
         dt = np.dtype(np.float32)  # float32 holds every value of these exactly
-    if sum(d.size * dt.itemsize + v.size for _, d, v in sample.parts) > KEEP_SAMPLE_BYTES:
+    bh, bw = _sample_block(src)
+    n_blocks = -(-src.height // bh) * -(-src.width // bw)
+    if (len(sample.parts) <= KEEP_SAMPLE_SHARE * n_blocks
+            or sum(d.size * dt.itemsize + v.size for _, d, v in sample.parts) > KEEP_SAMPLE_BYTES):
         return None
     image = Rect(0, 0, src.width, src.height)
     reads = dict.fromkeys((r for r, _, _ in sample.parts), 0)
@@ -497,7 +505,7 @@ def _keep(sample: _Sample, grid: Grid, src: Source) -> int | None:
         return None
     key = next(_KEPT_KEYS)
     with _KEPT_LOCK:
-        _KEPT[key] = _Kept(_sample_block(src), blocks)
+        _KEPT[key] = _Kept((bh, bw), blocks)
     return key
 
 

@@ -718,6 +718,12 @@ def test_kept_sample_blocks_give_the_same_bytes_and_are_released(tmp_path, monke
         assert gu._KEPT == {}
     assert outs[True] == outs[False]
     monkeypatch.setattr(gu, "KEEP_SAMPLE_BYTES", 96 << 20)
+    # where the sample is a small share of the file's blocks, nothing is held
+    monkeypatch.setattr(gu, "KEEP_SAMPLE_SHARE", 0.5)  # 16 of these 48 blocks: 0.33
+    taken.clear()
+    predict_raster(path, tmp_path / "s.tif", model6, opts, forward=fwd)
+    assert taken and not any(taken)
+    monkeypatch.setattr(gu, "KEEP_SAMPLE_SHARE", 0.04)
 
     def broken(x):
         raise RuntimeError("model failed")
