@@ -3,6 +3,7 @@ ceiling, bytes read, network pixels and start-up, all in one run on the bundled 
 
     .venv/bin/python bench/engine.py [--size 4096] [--repeats 5] [--workdir DIR]
                                      [--runtime auto|openvino|keras] [--precision auto|float32|bfloat16]
+                                     [--compress deflate|none|...]
 
 Input: the bundled Sentinel-2 scene (real pixels) mirrored (``np.pad(mode="symmetric")``)
 out to size x size, written as a tiled 512 px deflate GeoTIFF (as tests/test_distributed.py
@@ -71,8 +72,9 @@ def rchar() -> int:
     raise RuntimeError("no rchar in /proc/self/io")
 
 
-def real_scene(path: Path, size: int, interleave: str) -> Path:
-    """The bundled scene mirrored out to size x size, tiled 512 px, deflate."""
+def real_scene(path: Path, size: int, interleave: str, compress: str = "deflate") -> Path:
+    """The bundled scene mirrored out to size x size, tiled 512 px, deflate (or as
+    ``compress`` says; "none": uncompressed)."""
     import rasterio
     if path.exists():
         return path
@@ -80,7 +82,9 @@ def real_scene(path: Path, size: int, interleave: str) -> Path:
         a, prof = s.read(), s.profile
     big = np.pad(a, ((0, 0), (0, max(0, size - a.shape[1])), (0, max(0, size - a.shape[2]))),
                  mode="symmetric")[:, :size, :size]
-    prof.update(width=size, height=size, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+    prof.pop("compress", None)
+    prof.update(width=size, height=size, tiled=True, blockxsize=512, blockysize=512,
+                **({} if compress == "none" else {"compress": compress}),
                 interleave=interleave)
     tmp = path.with_name(path.name + ".part.tif")
     with rasterio.open(tmp, "w", **prof) as o:
@@ -204,13 +208,14 @@ def main() -> None:
     ap.add_argument("--capture-mb", type=float, default=2048,
                     help="the most memory the recorded real batches may take")
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up subprocesses")
+    ap.add_argument("--compress", default="deflate", help="the input's compression (none: uncompressed)")
     ap.add_argument("--runtime", default="auto", help="geoseg.unit.RUNTIMES (default auto)")
     ap.add_argument("--precision", default="auto", help="geoseg.unit.PRECISIONS (default auto)")
     a = ap.parse_args()
     work = Path(a.workdir or tempfile.mkdtemp(prefix="geoseg-bench-engine-"))
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    src = real_scene(work / f"real_{a.size}_{a.interleave}_deflate.tif", a.size, a.interleave)
+    src = real_scene(work / f"real_{a.size}_{a.interleave}_{a.compress}.tif", a.size, a.interleave, a.compress)
     file_bytes = src.stat().st_size
 
     import logging
@@ -378,7 +383,7 @@ def main() -> None:
     print()
     print(f"runtime: {figs['runtime']}")
     print(f"bundled water model, real pixels (bundled scene mirrored to {a.size}², {a.interleave}-interleaved, "
-          f"tiled 512 deflate, {figs['file_mb']:.1f} MB), PredictOptions(): window {plan.grid.tile}, overlap "
+          f"tiled 512 {a.compress}, {figs['file_mb']:.1f} MB), PredictOptions(): window {plan.grid.tile}, overlap "
           f"{plan.grid.overlap}, batch {plan.batch_size}; {len(shapes)} batches, {n_windows} windows "
           f"({n_captured} of {len(shapes)} batches replayed as captured, the rest as a real batch of their shape); "
           f"{a.repeats} interleaved repeats, median [min–max]")
