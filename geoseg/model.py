@@ -479,6 +479,9 @@ def _openvino_run(converted: Any, precision: str) -> Callable[[np.ndarray], np.n
     """``converted`` compiled for this CPU in ``precision``: one infer request per
     calling thread (dask's threaded scheduler calls a cached forward from several)."""
     ov = _openvino()
+    if precision == "bfloat16" and not _cpu_has_bf16(ov):  # e.g. a cluster's worker on another CPU
+        raise ConfigError("this CPU has no native bfloat16 (AVX512_BF16 or AMX): run with float32 precision",
+                          option="precision")
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
                               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
                               # several processes on one machine (Dask workers) must not pin

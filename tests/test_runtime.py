@@ -128,6 +128,10 @@ def test_a_model_reference_carries_what_the_client_resolved(tiny_bundle, monkeyp
     # a worker that loads the reference runs what it says, whatever its own default
     monkeypatch.setattr(gm, "_cpu_has_bf16", lambda ov: False)
     assert load_forward(ref)(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 32, 32, 2)
+    # and refuses what its CPU cannot do rather than run something else than the client planned
+    bf = ModelRef(ref.path, ref.sha256, "none", "openvino", "bfloat16")
+    with pytest.raises(ConfigError, match="no native bfloat16"):
+        load_forward(bf)
     with pytest.raises(ConfigError, match="runs runtime 'openvino' but the options ask for 'keras'"):
         predict_raster(np.zeros((3, 32, 32), np.uint8), "unused.tif", ref, PredictOptions(runtime="keras"))
 
