@@ -13,7 +13,9 @@ windows, 2 per batch); every runtime then replays exactly those batches:
 * ``openvino`` float32 and ``openvino`` bfloat16 — :func:`geoseg.model.make_forward` with
   ``runtime="openvino"`` (the graph converted from TensorFlow, compiled for this CPU);
 * ``onnxruntime`` float32 — converted with tf2onnx, only where ``onnxruntime`` and
-  ``tf2onnx`` are importable (they are not geoseg dependencies).
+  ``tf2onnx`` are importable (they are not geoseg dependencies);
+* ``openvino-int8`` — NNCF's post-training quantisation of the converted model, calibrated
+  on the first 12 windows of the same scene, only where ``nncf`` is importable.
 
 Runtimes take turns (the order rotates each repeat); wall and process CPU time per replay.
 Figures: network Mpx/s, ms per batch, achieved GFLOP/s (the model's multiply-adds counted
@@ -71,6 +73,22 @@ def cpu_peak(flops_per_cycle: float) -> tuple[float, int, float]:
     cores = os.cpu_count() or 1
     ghz = (max(mhz) if mhz else 0.0) / 1000
     return cores * ghz * flops_per_cycle, cores, ghz
+
+
+def int8_forward(lm, calibration: list[np.ndarray]):
+    """OpenVINO int8: the converted model quantised by NNCF's post-training quantisation,
+    calibrated on ``calibration`` (real normalised windows of the same scene), or a
+    reason it is absent (nncf is not a geoseg dependency)."""
+    try:
+        import nncf
+    except ImportError as e:
+        return f"absent: {e}"
+    import openvino as ov
+    from geoseg.model import _openvino_convert
+    q = nncf.quantize(_openvino_convert(lm.keras_model, lm.meta.input.n_bands), nncf.Dataset(calibration),
+                      subset_size=len(calibration))
+    req = ov.Core().compile_model(q, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+    return lambda x: req.infer([np.ascontiguousarray(x)])[0]
 
 
 def runtimes(lm) -> dict:
@@ -143,6 +161,7 @@ def main() -> None:
     flops = flops_512 / (512 * 512) * net_px
     peak, cores, ghz = cpu_peak(a.flops_per_cycle)
 
+    fwds["openvino-int8"] = int8_forward(lm, [b[i:i + 1] for b in batches[:6] for i in range(b.shape[0])])
     live = {k: f for k, f in fwds.items() if callable(f)}
     for f in live.values():  # compile every shape once
         for b in {b.shape: b for b in batches}.values():
