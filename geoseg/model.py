@@ -192,9 +192,11 @@ class LoadedModel:
 @dataclass(frozen=True)
 class ModelRef:
     """A picklable reference to a model bundle for any process (a thread pool, a Dask
-    worker): the bundle's path and content hash, and the test-time augmentation to
-    run it with. :func:`load_forward` turns it into a compiled forward function once
-    per process; a Keras object is never pickled or shipped."""
+    worker): the bundle's path and content hash, the test-time augmentation to run it
+    with, and the runtime and precision (:data:`geoseg.unit.RUNTIMES`; made directly,
+    Keras in float32; :meth:`of` resolves ``auto`` on this machine). :func:`load_forward`
+    turns it into a compiled forward function once per process; a Keras object is never
+    pickled or shipped."""
 
     path: str
     sha256: str
