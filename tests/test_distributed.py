@@ -270,7 +270,10 @@ def test_cli_interrupt_with_workers_leaves_nothing(inputs, tmp_path, sig):
                           # slow enough that the signal comes mid-run (OpenVINO bfloat16 ran
                           # the 512-px default windows to the end before it came)
                           "--runtime", "keras", "--tile-size", "256"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # as from a terminal: a suite started as a background job (`cmd &`)
+                         # passes SIGINT ignored to its children, and Python then keeps it so
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in p.stdout:  # the first written block row: the cluster is up and working
             ev = json.loads(line)
