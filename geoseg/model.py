@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -216,8 +217,6 @@ class ModelRef:
         return cls(str(p.absolute()), file_sha256(p), tta, *resolve_runtime(runtime, precision))
 
 
-
-
 def _keras_backend_name() -> str:
     """The backend Keras runs on (or will, once imported), without importing it."""
     import importlib.util  # noqa: PLC0415
@@ -237,6 +236,21 @@ def _openvino():
     return openvino
 
 
+def _require_openvino():
+    """``openvino``, or the one-line error that it is not installed."""
+    ov = _openvino()
+    if ov is None:
+        raise ConfigError("the OpenVINO runtime is not installed: pip install openvino (or use the keras "
+                          "runtime)", option="runtime")
+    return ov
+
+
+def _not_on(backend: str) -> ConfigError:
+    return ConfigError(f"the OpenVINO runtime converts the model through TensorFlow; Keras runs on {backend} "
+                       "here: use the keras runtime", option="runtime")
+
+
+@functools.lru_cache(maxsize=None)
 def _cpu_has_bf16(ov) -> bool:
     try:
         return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -264,12 +278,9 @@ def resolve_runtime(runtime: str = "auto", precision: str = "auto") -> tuple[str
     asked = runtime
     ov = _openvino() if runtime != "keras" else None
     if runtime == "openvino":
-        if ov is None:
-            raise ConfigError("the OpenVINO runtime is not installed: pip install openvino (or use the "
-                              "keras runtime)", option="runtime")
+        ov = _require_openvino()
         if backend != "tensorflow":
-            raise ConfigError(f"the OpenVINO runtime converts the model through TensorFlow; Keras runs on "
-                              f"{backend} here: use the keras runtime", option="runtime")
+            raise _not_on(backend)
     if runtime == "auto":
         runtime = "openvino" if ov is not None and backend == "tensorflow" else "keras"
     if precision == "bfloat16":
@@ -463,13 +474,9 @@ def _openvino_forward(model: Any, n_bands: int, precision: str) -> Callable[[np.
 def _openvino_convert(model: Any, n_bands: int):
     """The Keras model as an OpenVINO model, converted from its TensorFlow graph with
     batch and window sizes left open."""
-    ov = _openvino()
-    if ov is None:
-        raise ConfigError("the OpenVINO runtime is not installed: pip install openvino (or use the keras "
-                          "runtime)", option="runtime")
+    ov = _require_openvino()
     if tensorflow_module() is None:
-        raise ConfigError(f"the OpenVINO runtime converts the model through TensorFlow; Keras runs on "
-                          f"{keras_module().backend.backend()} here: use the keras runtime", option="runtime")
+        raise _not_on(keras_module().backend.backend())
     try:
         with _native_stderr_silenced():
             return ov.convert_model(_tf_function(model, n_bands).get_concrete_function())
@@ -531,10 +538,7 @@ def _openvino_model_of(ref: ModelRef, meta: ModelMeta):
     and OpenVINO's version: no TensorFlow import, no Keras load), else converted from
     the Keras model and stored there for the next run (float32 weights, written
     atomically; a cache that cannot be written or read is skipped, never an error)."""
-    ov = _openvino()
-    if ov is None:
-        raise ConfigError("the OpenVINO runtime is not installed: pip install openvino (or use the keras "
-                          "runtime)", option="runtime")
+    ov = _require_openvino()
     xml = _ir_path(ref)
     want_out = 1 if meta.head == "sigmoid" else meta.n_classes
     if xml is not None and xml.is_file():
